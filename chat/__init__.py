@@ -1,0 +1,1 @@
+"""The chat app: conversations and messages, pages, the WebSocket consumer."""

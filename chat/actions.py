@@ -1,0 +1,157 @@
+"""Writes to conversations and messages: `check_*` validates and authorizes, `do_*` mutates.
+
+Every lookup is scoped by the acting user; tasks are enqueued only after the commit.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from deepseek_web.celery import app as celery_app
+from inference.registry import UnknownModel, default_model, get_model
+
+from .models import Conversation, Message
+
+GENERATE_TASK = "inference.tasks.generate"
+TITLE_CHARS = 60
+
+
+class ChatError(Exception):
+    """A request the user can fix; becomes an error frame or message, never a crash."""
+
+    def __init__(self, code: str, message: str, message_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.message_id = message_id
+
+
+def _parse_uuid(value: Any, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except (TypeError, ValueError, AttributeError):
+        raise ChatError("invalid_id", f"{what} is not a valid id.") from None
+
+
+def conversations_for(user: AbstractBaseUser):
+    return Conversation.objects.filter(user=user).order_by("-updated_at")
+
+
+def get_conversation(user: AbstractBaseUser, conversation_id: Any) -> Conversation:
+    """The user's conversation, or ChatError("not_found") for anything else (no existence leak)."""
+    cid = _parse_uuid(conversation_id, "Conversation")
+    try:
+        return conversations_for(user).get(id=cid)
+    except Conversation.DoesNotExist:
+        raise ChatError("not_found", "No such conversation.") from None
+
+
+def get_message(user: AbstractBaseUser, message_id: Any) -> Message:
+    mid = _parse_uuid(message_id, "Message")
+    try:
+        return Message.objects.select_related("conversation").get(id=mid, conversation__user=user)
+    except Message.DoesNotExist:
+        raise ChatError("not_found", "No such message.", message_id=mid) from None
+
+
+def do_create_conversation(user: AbstractBaseUser, model: str | None = None) -> Conversation:
+    try:
+        spec = get_model(model) if model else default_model()
+    except UnknownModel:
+        raise ChatError("unknown_model", f"No model named {model!r} is configured.") from None
+    return Conversation.objects.create(user=user, model=spec.name)
+
+
+def check_content(content: Any) -> str:
+    if not isinstance(content, str):
+        raise ChatError("invalid_frame", "content must be a string.")
+    if not content.strip():
+        raise ChatError("empty_message", "The message is empty.")
+    if len(content) > settings.MAX_PROMPT_CHARS:
+        raise ChatError(
+            "prompt_too_long",
+            f"The message is {len(content)} characters long; the limit is {settings.MAX_PROMPT_CHARS}.",
+        )
+    return content
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    user_message: Message
+    assistant_message: Message
+
+
+def do_send_message(
+    user: AbstractBaseUser, conversation_id: Any, content: Any, client_id: str = ""
+) -> SentMessage:
+    """Save the user's message and a pending answer, and queue the answer's generation."""
+    content = check_content(content)
+    conversation = get_conversation(user, conversation_id)
+    try:
+        spec = get_model(conversation.model)
+    except UnknownModel:
+        raise ChatError("unknown_model", f"The model {conversation.model!r} is no longer configured.") from None
+    try:
+        with transaction.atomic():
+            now = timezone.now()
+            # Taking the conversation's row lock first serialises concurrent sends (both DBs).
+            Conversation.objects.filter(id=conversation.id).update(updated_at=now)
+            if conversation.messages.filter(status__in=Message.ACTIVE).exists():
+                raise ChatError("busy", "An answer is still being written. Stop it or wait for it to finish.")
+            last = conversation.messages.aggregate(last=Max("position"))["last"] or 0
+            user_message = Message.objects.create(
+                conversation=conversation, position=last + 1, role=Message.Role.USER, content=content,
+                client_id=client_id, created_at=now, updated_at=now,
+            )
+            answer = Message.objects.create(
+                conversation=conversation, position=last + 2, role=Message.Role.ASSISTANT,
+                status=Message.Status.PENDING, created_at=now, updated_at=now,
+            )
+            if not conversation.title:
+                Conversation.objects.filter(id=conversation.id).update(title=_title_from(content))
+            answer_id, queue = str(answer.id), spec.celery_queue
+            transaction.on_commit(lambda: celery_app.send_task(GENERATE_TASK, args=[answer_id], queue=queue))
+    except IntegrityError:
+        # The partial unique index caught a concurrent send that passed the check above.
+        raise ChatError("busy", "An answer is still being written. Stop it or wait for it to finish.") from None
+    return SentMessage(user_message, answer)
+
+
+def _title_from(content: str) -> str:
+    line = " ".join(content.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+def do_request_stop(user: AbstractBaseUser, message_id: Any) -> Message | None:
+    """Stop an answer. Returns the finished row when it was still queued (the caller announces
+    it); None when a worker is writing it (the worker finishes it at its next save)."""
+    message = get_message(user, message_id)
+    if message.role != Message.Role.ASSISTANT or not message.is_active:
+        raise ChatError("not_running", "That answer is not being written.", message_id=message.id)
+    now = timezone.now()
+    queued = Message.objects.filter(id=message.id, status=Message.Status.PENDING).update(
+        status=Message.Status.CANCELLED, finish_reason="cancelled", updated_at=now
+    )
+    if queued:
+        message.refresh_from_db()
+        return message
+    Message.objects.filter(id=message.id, status=Message.Status.STREAMING).update(
+        stop_requested=True, updated_at=now
+    )
+    return None
+
+
+def resume_snapshot(user: AbstractBaseUser, conversation_id: Any, message_id: Any) -> Message:
+    """The row as saved: every delta published so far is already in it (the worker saves first)."""
+    message = get_message(user, message_id)
+    if message.conversation_id != _parse_uuid(conversation_id, "Conversation"):
+        raise ChatError("not_found", "No such message.", message_id=message.id)
+    return message
+

@@ -1,0 +1,7 @@
+"""Django app config for chat."""
+from django.apps import AppConfig
+
+
+class ChatConfig(AppConfig):
+    name = "chat"
+    verbose_name = "Chat"

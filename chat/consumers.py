@@ -1,0 +1,143 @@
+"""The chat socket: one connection watches one conversation and sends its user's commands."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from . import actions, events
+from .actions import ChatError
+from .frames import done_frame, error_frame, group_name, message_frame
+
+log = logging.getLogger(__name__)
+
+CLOSE_NOT_LOGGED_IN = 4401
+CLOSE_FORBIDDEN = 4403
+MAX_CLIENT_ID = 64
+
+
+class TokenBucket:
+    """Allows `burst` frames at once, refilled at `rate` per second."""
+
+    def __init__(self, burst: int, rate: float) -> None:
+        self.capacity, self.rate = float(burst), rate
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    # ---- socket handlers -------------------------------------------------------------------
+    async def connect(self) -> None:
+        self.group: str | None = None
+        # Accept first so the close code reaches the browser (a refused handshake has none).
+        await self.accept()
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_NOT_LOGGED_IN)
+            return
+        self.conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
+        if not await self._owns_conversation():
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        self.group = group_name(self.conversation_id)
+        self.bucket = TokenBucket(settings.SOCKET_FRAME_BURST, settings.SOCKET_FRAMES_PER_SECOND)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+
+    async def disconnect(self, code: int) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not self.group:  # closing: ignore anything that raced the close
+            return
+        try:
+            frame = self._parse(text_data, bytes_data)
+            kind = frame.get("type")
+            handler = self.COMMANDS.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise ChatError("unknown_type", f"Unknown frame type {str(kind)[:40]!r}.")
+            await handler(self, frame)
+        except ChatError as exc:
+            await self.send_json(error_frame(exc.code, exc.message, exc.message_id))
+        except Exception:
+            log.exception("socket command failed")
+            await self.send_json(error_frame("server_error", "Something went wrong on the server; try again."))
+
+    # ---- command helpers -------------------------------------------------------------------
+    def _parse(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
+        if not self.bucket.take():
+            raise ChatError("rate_limited", "Too many frames; slow down.")
+        if text_data is None:
+            raise ChatError("invalid_frame", "Frames must be JSON text.")
+        # A generous bound for a maximal prompt with JSON escaping, checked before parsing.
+        if len(text_data) > settings.MAX_PROMPT_CHARS * 6 + 4096:
+            raise ChatError("frame_too_large", "The frame is too large.")
+        try:
+            frame = json.loads(text_data)
+        except (ValueError, RecursionError):
+            raise ChatError("invalid_json", "The frame is not valid JSON.") from None
+        if not isinstance(frame, dict):
+            raise ChatError("invalid_frame", "A frame must be a JSON object with a \"type\".")
+        return frame
+
+    async def _cmd_send(self, frame: dict[str, Any]) -> None:
+        client_id = frame.get("client_id", "")
+        if not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID:
+            raise ChatError("invalid_frame", f"client_id must be a string of at most {MAX_CLIENT_ID} characters.")
+        attachments = frame.get("attachments", [])
+        if not isinstance(attachments, list):
+            raise ChatError("invalid_frame", "attachments must be a list of ids.")
+        if attachments:
+            raise ChatError("attachments_unsupported", "Image attachments are not supported yet.")
+        sent = await database_sync_to_async(actions.do_send_message)(
+            self.scope["user"], self.conversation_id, frame.get("content"), client_id
+        )
+        await events.apublish(self.conversation_id, message_frame(sent.user_message))
+        await events.apublish(self.conversation_id, message_frame(sent.assistant_message))
+
+    async def _cmd_stop(self, frame: dict[str, Any]) -> None:
+        cancelled = await database_sync_to_async(actions.do_request_stop)(self.scope["user"], frame.get("message_id"))
+        if cancelled is not None:  # it never started: no worker will announce the end
+            await events.apublish(self.conversation_id, done_frame(cancelled))
+
+    async def _cmd_resume(self, frame: dict[str, Any]) -> None:
+        after_seq = frame.get("after_seq", 0)
+        if not isinstance(after_seq, int) or isinstance(after_seq, bool) or after_seq < 0:
+            raise ChatError("invalid_frame", "after_seq must be a non-negative integer.")
+        message = await database_sync_to_async(actions.resume_snapshot)(
+            self.scope["user"], self.conversation_id, frame.get("message_id")
+        )
+        # The row holds every delta published so far; the client replaces its partial text.
+        await self.send_json(message_frame(message))
+        if not message.is_active:
+            await self.send_json(done_frame(message))
+
+    COMMANDS = {"send": _cmd_send, "stop": _cmd_stop, "resume": _cmd_resume}
+
+    @database_sync_to_async
+    def _owns_conversation(self) -> bool:
+        try:
+            actions.get_conversation(self.scope["user"], self.conversation_id)
+            return True
+        except ChatError:
+            return False
+
+    async def send_json(self, content: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(content, ensure_ascii=False))
+
+    # ---- channel-layer handlers --------------------------------------------------------------
+    async def chat_frame(self, event: dict[str, Any]) -> None:
+        await self.send_json(event["frame"])

@@ -1,0 +1,136 @@
+"""The worker's side of an answer: claim the row, save and publish text as it grows, finish it.
+
+Invariant that makes resume gap-free: a delta is published only after the row holding its
+text (and its seq) was saved, so a client that reads the row after subscribing misses nothing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from . import events
+from .frames import delta_frame, done_frame, error_frame
+from .models import Message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplyJob:
+    """What a worker needs to write one answer; no Django rows cross into the engine."""
+
+    message_id: str
+    conversation_id: str
+    model: str
+    history: list[dict[str, str]]  # chat-template messages, oldest first, ending with the user's
+
+
+def claim(message_id: str) -> ReplyJob | None:
+    """Take a pending answer (pending → streaming). None if it is gone, taken, or finished."""
+    claimed = Message.objects.filter(id=message_id, status=Message.Status.PENDING).update(
+        status=Message.Status.STREAMING, updated_at=timezone.now()
+    )
+    if claimed != 1:
+        log.info("answer %s was not pending (deleted, cancelled or taken); skipping", message_id)
+        return None
+    answer = Message.objects.select_related("conversation").get(id=message_id)
+    earlier = (
+        Message.objects.filter(conversation_id=answer.conversation_id, position__lt=answer.position)
+        .exclude(role=Message.Role.ASSISTANT, content="")
+        .exclude(status=Message.Status.FAILED)
+        .order_by("position")
+        .values_list("role", "content")
+    )
+    history = [{"role": role, "content": content} for role, content in earlier]
+    return ReplyJob(str(answer.id), str(answer.conversation_id), answer.conversation.model, history)
+
+
+@dataclass
+class ReplyWriter:
+    """Accumulates an answer; every flush saves the row, then publishes the new text."""
+
+    job: ReplyJob
+    flush_seconds: float = field(default_factory=lambda: settings.STREAM_FLUSH_SECONDS)
+    content: str = ""
+    reasoning: str = ""
+    seq: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    _unsent_content: str = ""
+    _unsent_reasoning: str = ""
+    _last_flush: float = 0.0
+
+    def _row(self):
+        return Message.objects.filter(id=self.job.message_id)
+
+    def _publish(self, frame: dict[str, Any]) -> None:
+        events.publish(self.job.conversation_id, frame)
+
+    def start(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self._row().update(prompt_tokens=prompt_tokens)
+
+    def append(self, content: str, reasoning: str, completion_tokens: int) -> bool:
+        """Add text; returns False when the answer must stop (Stop pressed, or row deleted)."""
+        self.content += content
+        self.reasoning += reasoning
+        self._unsent_content += content
+        self._unsent_reasoning += reasoning
+        self.completion_tokens = completion_tokens
+        if time.monotonic() - self._last_flush < self.flush_seconds:
+            return True
+        return self.flush()
+
+    def flush(self) -> bool:
+        if not (self._unsent_content or self._unsent_reasoning):
+            return True
+        saved = self._row().filter(status=Message.Status.STREAMING, stop_requested=False).update(
+            content=self.content, reasoning=self.reasoning, seq=self.seq + 1,
+            completion_tokens=self.completion_tokens, updated_at=timezone.now(),
+        )
+        if not saved:
+            return False
+        self.seq += 1
+        self._last_flush = time.monotonic()
+        self._publish(delta_frame(self.job.message_id, self.seq, self._unsent_content, self._unsent_reasoning))
+        self._unsent_content = self._unsent_reasoning = ""
+        return True
+
+    def stop_was_requested(self) -> bool:
+        return self._row().filter(stop_requested=True).exists()
+
+    def finish(self, status: str, finish_reason: str, error: str = "") -> Message | None:
+        """Save the final text and state, then publish the remaining text and `done`."""
+        unsent = bool(self._unsent_content or self._unsent_reasoning)
+        final_seq = self.seq + 1 if unsent else self.seq
+        saved = self._row().filter(status=Message.Status.STREAMING).update(
+            status=status, finish_reason=finish_reason, error=error[:500], content=self.content,
+            reasoning=self.reasoning, seq=final_seq, prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens, stop_requested=False, updated_at=timezone.now(),
+        )
+        if not saved:  # deleted meanwhile: nobody to tell
+            return None
+        if unsent:
+            self.seq = final_seq
+            self._publish(delta_frame(self.job.message_id, self.seq, self._unsent_content, self._unsent_reasoning))
+            self._unsent_content = self._unsent_reasoning = ""
+        message = Message.objects.get(id=self.job.message_id)
+        if status == Message.Status.FAILED:
+            self._publish(error_frame("generation_failed", error, message_id=message.id))
+        self._publish(done_frame(message))
+        return message
+
+    def done(self, finish_reason: str) -> Message | None:
+        return self.finish(Message.Status.DONE, finish_reason)
+
+    def cancelled(self) -> Message | None:
+        return self.finish(Message.Status.CANCELLED, "cancelled")
+
+    def fail(self, error: str) -> Message | None:
+        return self.finish(Message.Status.FAILED, "error", error)
+

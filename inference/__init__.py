@@ -1,0 +1,1 @@
+"""Everything about models: registry, loading, generation, demo models, Celery tasks."""

@@ -1,0 +1,36 @@
+"""Incremental detokenization: turn a growing list of token ids into text deltas.
+
+Decoding token by token breaks multi-byte characters and merges; this keeps a small window
+(the technique used by TGI and vLLM) and only emits text once it is complete.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class IncrementalDetokenizer:
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._prefix_offset = 0
+        self._read_offset = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text it completes (possibly empty)."""
+        self.ids.append(token_id)
+        prefix = self._decode(self.ids[self._prefix_offset : self._read_offset])
+        text = self._decode(self.ids[self._prefix_offset :])
+        if len(text) > len(prefix) and not text.endswith("\ufffd"):
+            self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
+            return text[len(prefix) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back at the end (e.g. a truncated multi-byte character)."""
+        prefix = self._decode(self.ids[self._prefix_offset : self._read_offset])
+        text = self._decode(self.ids[self._prefix_offset :])
+        self._prefix_offset = self._read_offset = len(self.ids)
+        return text[len(prefix) :] if len(text) > len(prefix) else ""

@@ -1,0 +1,97 @@
+"""Loading a configured model once per process: tokenizer, weights, optional bitsandbytes quantization."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded (missing path, no hub access, unsupported quantization)."""
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    tokenizer: Any
+    model: Any
+    device: str
+    load_seconds: float
+
+
+def _quantization_config(spec: ModelSpec):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if spec.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if spec.quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+        )
+    return None
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load tokenizer and weights (bf16 compute; 8bit/4bit through bitsandbytes)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    log.info("loading model %s from %s (quantization=%s, device=%s)", spec.name, spec.path, spec.quantization, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.path)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelLoadError("its tokenizer has no chat template")
+        kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
+        quantization = _quantization_config(spec)
+        if quantization is not None:
+            kwargs["quantization_config"] = quantization
+        if device == "cuda":
+            kwargs["device_map"] = "auto"
+        model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"model {spec.name!r} from {spec.path!r} cannot be served: {exc}") from None
+    except Exception as exc:  # transformers raises many types for "not there / not supported"
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"model {spec.name!r} failed to load from {spec.path!r}: {first_line}") from exc
+    model.eval()
+    elapsed = time.monotonic() - started
+    params = sum(p.numel() for p in model.parameters())
+    log.info("loaded model %s: %.1fM parameters in %.1f s", spec.name, params / 1e6, elapsed)
+    return LoadedModel(spec, tokenizer, model, device, elapsed)
+
+
+class ModelCache:
+    """One loaded model per name per process; a failed load is remembered for a while."""
+
+    RETRY_FAILED_AFTER = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: dict[str, LoadedModel] = {}
+        self._failed: dict[str, tuple[float, ModelLoadError]] = {}
+
+    def get(self, spec: ModelSpec) -> LoadedModel:
+        with self._lock:  # one load at a time; other threads wait instead of loading twice
+            if spec.name in self._loaded:
+                return self._loaded[spec.name]
+            failed = self._failed.get(spec.name)
+            if failed and time.monotonic() - failed[0] < self.RETRY_FAILED_AFTER:
+                raise failed[1]
+            try:
+                loaded = load_model(spec)
+            except ModelLoadError as exc:
+                log.error("%s", exc)
+                self._failed[spec.name] = (time.monotonic(), exc)
+                raise
+            self._loaded[spec.name] = loaded
+            self._failed.pop(spec.name, None)
+            return loaded

@@ -1,0 +1,101 @@
+"""The configured models: parsed and validated from settings.DEEPSEEK_MODELS."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from typing import Any
+
+QUANTIZATIONS = ("none", "8bit", "4bit")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
+
+
+class ModelConfigError(ValueError):
+    """A model entry in settings is malformed."""
+
+
+class UnknownModel(LookupError):
+    """No configured model has this name."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One servable model, as an operator names it in settings."""
+
+    name: str  # public name shown in the UI and API ("deepseek-chat")
+    path: str  # Hugging Face id or local folder
+    quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes, bf16 compute)
+    max_context: int = 4096  # prompt + answer tokens the model may see
+    max_new_tokens: int = 1024  # default answer length cap
+    reasoning: bool = False  # emits <think>…</think> before the answer
+    vision: bool = False  # accepts images
+    queue: str = ""  # Celery queue its workers consume (defaults to "model.<name>")
+    demo: bool = False  # random-weight demo model: the UI says its text is noise
+    temperature: float = 0.7
+    top_p: float = 0.95
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def celery_queue(self) -> str:
+        return self.queue or f"model.{self.name}"
+
+
+def parse_models(raw: Any) -> list[ModelSpec]:
+    """Validate the settings' list of model entries; raise ModelConfigError naming the problem."""
+    if not isinstance(raw, list) or not raw:
+        raise ModelConfigError("DEEPSEEK_MODELS must be a non-empty JSON list of model objects")
+    known = {f.name for f in fields(ModelSpec)} - {"extra"}
+    specs: list[ModelSpec] = []
+    for index, entry in enumerate(raw):
+        where = f"DEEPSEEK_MODELS[{index}]"
+        if not isinstance(entry, dict):
+            raise ModelConfigError(f"{where} must be an object")
+        for key in ("name", "path"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise ModelConfigError(f"{where}.{key} is required and must be a string")
+        if not _NAME.match(entry["name"]):
+            raise ModelConfigError(f"{where}.name {entry['name']!r} may use letters, digits and ._:- only")
+        if entry.get("quantization", "none") not in QUANTIZATIONS:
+            raise ModelConfigError(f"{where}.quantization must be one of {', '.join(QUANTIZATIONS)}")
+        for key in ("max_context", "max_new_tokens"):
+            value = entry.get(key, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ModelConfigError(f"{where}.{key} must be a positive integer")
+        for key in ("reasoning", "vision", "demo"):
+            if not isinstance(entry.get(key, False), bool):
+                raise ModelConfigError(f"{where}.{key} must be true or false")
+        args = {k: v for k, v in entry.items() if k in known}
+        spec = ModelSpec(**args, extra={k: v for k, v in entry.items() if k not in known})
+        if spec.max_new_tokens >= spec.max_context:
+            raise ModelConfigError(f"{where}.max_new_tokens must be below max_context")
+        specs.append(spec)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ModelConfigError("DEEPSEEK_MODELS has two entries with the same name")
+    return specs
+
+
+@lru_cache(maxsize=1)
+def _configured(raw_key: str) -> dict[str, ModelSpec]:
+    from django.conf import settings
+
+    return {spec.name: spec for spec in parse_models(settings.DEEPSEEK_MODELS)}
+
+
+def all_models() -> dict[str, ModelSpec]:
+    """Configured models by name, in settings order (the first is the default)."""
+    from django.conf import settings
+
+    # Keyed by the settings' repr so tests that override settings see their own models.
+    return _configured(repr(settings.DEEPSEEK_MODELS))
+
+
+def get_model(name: str) -> ModelSpec:
+    try:
+        return all_models()[name]
+    except KeyError:
+        raise UnknownModel(f"no model named {name!r} is configured") from None
+
+
+def default_model() -> ModelSpec:
+    return next(iter(all_models().values()))

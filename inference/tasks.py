@@ -1,0 +1,73 @@
+"""Celery tasks: thin adapters between Message rows (chat.replies) and the engine."""
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.signals import worker_ready
+
+from .engine import Engine, GenerationStats, PromptTooLong, SamplingParams
+from .loading import ModelCache, ModelLoadError
+from .registry import ModelSpec, UnknownModel, all_models, get_model
+
+log = logging.getLogger(__name__)
+_models = ModelCache()
+_engines: dict[str, Engine] = {}
+
+
+def engine_for(spec: ModelSpec) -> Engine:
+    """The process-wide engine for a model, loading it on first use."""
+    loaded = _models.get(spec)
+    engine = _engines.get(spec.name)
+    if engine is None or engine.model is not loaded.model:
+        engine = _engines[spec.name] = Engine(loaded)
+    return engine
+
+
+@shared_task(name="inference.tasks.generate", ignore_result=True)
+def generate(message_id: str) -> None:
+    """Write the answer for one pending assistant message, streaming it to the conversation."""
+    from chat.replies import ReplyWriter, claim
+
+    job = claim(message_id)
+    if job is None:
+        return
+    writer = ReplyWriter(job)
+    try:
+        spec = get_model(job.model)
+        engine = engine_for(spec)
+        params = SamplingParams(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_p=spec.top_p)
+        prompt_ids = engine.encode_chat(job.history, params.max_new_tokens)
+        writer.start(len(prompt_ids))
+        stats = GenerationStats()
+        stream = engine.generate(prompt_ids, params, stats)
+        for delta in stream:
+            if not writer.append(delta.content, delta.reasoning, stats.completion_tokens):
+                stream.close()
+                break
+        else:
+            writer.completion_tokens = stats.completion_tokens
+            if writer.flush():
+                writer.done(stats.finish_reason)
+                return
+        # The last save was refused: Stop was pressed, or the message was deleted.
+        if writer.stop_was_requested():
+            writer.cancelled()
+    except (UnknownModel, ModelLoadError, PromptTooLong) as exc:
+        writer.fail(str(exc))
+    except Exception:
+        log.exception("generation of %s failed", message_id)
+        writer.fail("The model failed while writing this answer; the partial answer was kept.")
+
+
+@worker_ready.connect
+def preload_models(sender=None, **kwargs) -> None:
+    """Load the models whose queues this worker consumes, so the first answer is not slow."""
+    # The sender is the worker's consumer; its app knows which queues this worker was given.
+    queues = set(sender.app.amqp.queues.consume_from) if sender is not None else set()
+    for spec in all_models().values():
+        if spec.celery_queue in queues:
+            try:
+                engine_for(spec)
+            except ModelLoadError:
+                pass  # already logged in one line; answers for it fail with the reason

@@ -1,0 +1,99 @@
+"""Shared test set-up: a real Redis (started here when none answers), the demo model, users."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from deepseek_web.redis_server import PrivateRedis, free_port, is_reachable
+
+# A database of its own on the machine's Redis, so a dev server on /0 is left alone.
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+_private_redis: PrivateRedis | None = None
+
+
+def _point_at_redis(url: str) -> None:
+    """Re-aim the channel layer and the Celery broker (settings were read before conftest)."""
+    from channels.layers import channel_layers
+    from django.conf import settings
+
+    from deepseek_web.celery import app
+
+    settings.REDIS_URL = url
+    settings.CELERY_BROKER_URL = url
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": url, "socket_timeout": None}]},
+        }
+    }
+    channel_layers.backends.clear()
+    app.conf.broker_url = url
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _private_redis
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs a loop
+    url = TEST_REDIS_URL
+    if not is_reachable(url):
+        _private_redis = PrivateRedis(free_port()).start()
+        url = _private_redis.url
+    _point_at_redis(url)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _private_redis is not None:
+        _private_redis.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    from django.conf import settings
+
+    return settings.REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def demo_model_path():
+    """The demo chat model, built once (seconds) when the data folder does not have it yet."""
+    from django.conf import settings
+    from django.core.management import call_command
+
+    path = settings.DEMO_MODELS_DIR / "demo-chat"
+    if not (path / "config.json").exists():
+        call_command("build_demo_models", if_missing=True)
+    return path
+
+
+@pytest.fixture
+def make_user(django_user_model):
+    def make(name: str | None = None, password: str = "correct horse battery"):
+        return django_user_model.objects.create_user(username=name or f"user-{uuid.uuid4().hex[:8]}", password=password)
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(make_user):
+    return make_user("bob")
+
+
+@pytest.fixture
+def broker(redis_url):
+    """The broker's Redis; queued tasks are cleared before and after each test."""
+    import redis
+
+    from inference.registry import all_models
+
+    client = redis.Redis.from_url(redis_url)
+    queues = [spec.celery_queue for spec in all_models().values()]
+    client.delete(*queues)
+    yield client
+    client.delete(*queues)
+    client.close()

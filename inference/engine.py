@@ -11,6 +11,7 @@ from typing import Any
 
 from .detokenizer import IncrementalDetokenizer
 from .loading import LoadedModel
+from .registry import ModelSpec
 
 THINK_END = "</think>"
 
@@ -75,8 +76,8 @@ class ReasoningSplitter:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel) -> None:
-        self.spec = loaded.spec
+    def __init__(self, loaded: LoadedModel, spec: ModelSpec | None = None) -> None:
+        self.spec = spec or loaded.spec
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model
         self.device = loaded.device

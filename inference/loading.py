@@ -76,22 +76,23 @@ class ModelCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._loaded: dict[str, LoadedModel] = {}
+        self._loaded: dict[str, LoadedModel] = {}  # by path and quantization
         self._failed: dict[str, tuple[float, ModelLoadError]] = {}
 
     def get(self, spec: ModelSpec) -> LoadedModel:
+        key = f"{spec.path}|{spec.quantization}"  # two names for the same weights share them
         with self._lock:  # one load at a time; other threads wait instead of loading twice
-            if spec.name in self._loaded:
-                return self._loaded[spec.name]
-            failed = self._failed.get(spec.name)
+            if key in self._loaded:
+                return self._loaded[key]
+            failed = self._failed.get(key)
             if failed and time.monotonic() - failed[0] < self.RETRY_FAILED_AFTER:
                 raise failed[1]
             try:
                 loaded = load_model(spec)
             except ModelLoadError as exc:
                 log.error("%s", exc)
-                self._failed[spec.name] = (time.monotonic(), exc)
+                self._failed[key] = (time.monotonic(), exc)
                 raise
-            self._loaded[spec.name] = loaded
-            self._failed.pop(spec.name, None)
+            self._loaded[key] = loaded
+            self._failed.pop(key, None)
             return loaded

@@ -12,15 +12,14 @@ from .registry import ModelSpec, UnknownModel, all_models, get_model
 
 log = logging.getLogger(__name__)
 _models = ModelCache()
-_engines: dict[str, Engine] = {}
+_engines: dict[ModelSpec, Engine] = {}
 
 
 def engine_for(spec: ModelSpec) -> Engine:
     """The process-wide engine for a model, loading it on first use."""
-    loaded = _models.get(spec)
-    engine = _engines.get(spec.name)
-    if engine is None or engine.model is not loaded.model:
-        engine = _engines[spec.name] = Engine(loaded)
+    engine = _engines.get(spec)
+    if engine is None:
+        engine = _engines[spec] = Engine(_models.get(spec), spec)
     return engine
 
 

@@ -1,0 +1,162 @@
+"""End to end on real parts: socket → Redis → a real Celery worker (threads) → the demo model."""
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from celery.contrib.testing.worker import start_worker
+
+from chat.models import Conversation, Message
+from deepseek_web.celery import app as celery_app
+from inference.engine import Engine
+
+from .sockets import open_socket, receive, receive_until, send
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+QUEUE = "model.deepseek-chat"
+
+
+@pytest.fixture(scope="module")
+def worker(demo_model_path, django_db_blocker):
+    with django_db_blocker.unblock(), start_worker(
+        celery_app, pool="threads", concurrency=4, perform_ping_check=False, queues=[QUEUE],
+        loglevel="WARNING", shutdown_timeout=30,
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def long_answers(settings, demo_model_path):
+    """The demo model with room for long answers, so there is time to press Stop."""
+    settings.DEEPSEEK_MODELS = [{"name": "deepseek-chat", "path": str(demo_model_path), "max_context": 2048,
+                                 "max_new_tokens": 1900, "demo": True}]
+
+
+def deltas_of(frames, message_id):
+    return [f for f in frames if f["type"] == "delta" and f["message_id"] == message_id]
+
+
+async def row(message_id) -> Message:
+    return await database_sync_to_async(Message.objects.get)(id=message_id)
+
+
+async def new_conversation(user, model="deepseek-chat") -> Conversation:
+    return await database_sync_to_async(Conversation.objects.create)(user=user, model=model)
+
+
+async def ask(socket, content: str) -> tuple[str, list[dict]]:
+    await send(socket, {"type": "send", "content": content, "client_id": "c"})
+    _, answer = await receive(socket), await receive(socket)
+    return answer["message"]["id"], await receive_until(socket, "done")
+
+
+async def test_the_answer_streams_with_consecutive_seq_and_is_saved(worker, alice, broker):
+    conversation = await new_conversation(alice)
+    socket = await open_socket(alice, conversation.id)
+    answer_id, frames = await ask(socket, "Hello, who are you?")
+    deltas = deltas_of(frames, answer_id)
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1)) and len(deltas) > 1
+    done = frames[-1]
+    saved = await row(answer_id)
+    assert saved.status == "done"
+    assert done["finish_reason"] == saved.finish_reason and saved.finish_reason in ("stop", "length")
+    assert saved.content == "".join(d["content"] for d in deltas) != ""
+    assert saved.seq == len(deltas)
+    assert done["usage"] == {"prompt_tokens": saved.prompt_tokens, "completion_tokens": saved.completion_tokens}
+    assert saved.prompt_tokens > 0 and 0 < saved.completion_tokens <= 96
+    # Resume after the fact returns the whole row and its end.
+    await send(socket, {"type": "resume", "message_id": answer_id, "after_seq": 3})
+    snapshot, end = await receive(socket), await receive(socket)
+    assert snapshot["message"]["content"] == saved.content and snapshot["message"]["seq"] == saved.seq
+    assert end["type"] == "done"
+    await socket.disconnect()
+
+
+async def test_the_second_turn_sees_the_first(worker, alice, broker):
+    conversation = await new_conversation(alice)
+    socket = await open_socket(alice, conversation.id)
+    first_id, _ = await ask(socket, "Remember the number 42.")
+    second_id, _ = await ask(socket, "Which number?")
+    first, second = await row(first_id), await row(second_id)
+    assert second.prompt_tokens > first.prompt_tokens + first.completion_tokens // 2
+    assert second.status == "done"
+    await socket.disconnect()
+
+
+async def test_two_conversations_stream_at_once(worker, alice, bob, broker):
+    mine, theirs = await new_conversation(alice), await new_conversation(bob)
+    a, b = await open_socket(alice, mine.id), await open_socket(bob, theirs.id)
+    await send(a, {"type": "send", "content": "one"})
+    await send(b, {"type": "send", "content": "two"})
+    for socket in (a, b):
+        frames = await receive_until(socket, "done")
+        answer_id = frames[-1]["message_id"]
+        saved = await row(answer_id)
+        assert saved.content == "".join(d["content"] for d in deltas_of(frames, answer_id))
+        assert {f.get("message_id", f.get("message", {}).get("id")) for f in frames} <= {
+            str(m) for m in await database_sync_to_async(lambda: list(
+                Message.objects.filter(conversation=saved.conversation_id).values_list("id", flat=True)))()}
+        await socket.disconnect()
+
+
+async def test_stop_ends_the_answer_and_keeps_the_partial_text(worker, alice, broker, long_answers):
+    conversation = await new_conversation(alice)
+    socket = await open_socket(alice, conversation.id)
+    await send(socket, {"type": "send", "content": "Write a very long story"})
+    _, answer = await receive(socket), await receive(socket)
+    answer_id = answer["message"]["id"]
+    first = await receive(socket)
+    assert first["type"] == "delta"
+    await send(socket, {"type": "stop", "message_id": answer_id})
+    frames = [first] + await receive_until(socket, "done")
+    assert frames[-1]["finish_reason"] == "cancelled"
+    saved = await row(answer_id)
+    assert saved.status == "cancelled" and not saved.stop_requested
+    assert saved.content == "".join(d["content"] for d in deltas_of(frames, answer_id))
+    assert 0 < saved.completion_tokens < 1900
+    await socket.disconnect()
+
+
+async def test_a_worker_error_mid_answer_fails_the_message_and_keeps_the_text(worker, alice, broker, monkeypatch):
+    real_sample = Engine._sample
+    calls = {"n": 0}
+
+    def failing_sample(self, *args):
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise RuntimeError("simulated CUDA error")
+        return real_sample(self, *args)
+
+    monkeypatch.setattr(Engine, "_sample", failing_sample)
+    conversation = await new_conversation(alice)
+    socket = await open_socket(alice, conversation.id)
+    answer_id, frames = await ask(socket, "Hello")
+    errors = [f for f in frames if f["type"] == "error"]
+    assert len(errors) == 1 and errors[0]["message_id"] == answer_id and errors[0]["code"] == "generation_failed"
+    assert "CUDA" not in errors[0]["message"]  # internals stay in the log
+    assert frames[-1]["finish_reason"] == "error"
+    saved = await row(answer_id)
+    assert saved.status == "failed" and saved.error
+    assert saved.content == "".join(d["content"] for d in deltas_of(frames, answer_id)) != ""
+    assert saved.completion_tokens == 12
+    await socket.disconnect()
+
+
+async def test_a_model_that_cannot_load_fails_clearly_and_others_keep_working(worker, alice, broker, settings,
+                                                                           demo_model_path, tmp_path):
+    settings.DEEPSEEK_MODELS = [
+        {"name": "deepseek-chat", "path": str(demo_model_path), "max_context": 2048, "max_new_tokens": 32},
+        {"name": "broken", "path": str(tmp_path / "no-weights-here"), "queue": QUEUE},
+    ]
+    broken = await new_conversation(alice, model="broken")
+    socket = await open_socket(alice, broken.id)
+    answer_id, frames = await ask(socket, "Hello")
+    [error] = [f for f in frames if f["type"] == "error"]
+    assert "broken" in error["message"] and "no-weights-here" in error["message"]
+    assert (await row(answer_id)).status == "failed"
+    await socket.disconnect()
+
+    working = await new_conversation(alice)
+    socket = await open_socket(alice, working.id)
+    answer_id, frames = await ask(socket, "Hello")
+    assert frames[-1]["finish_reason"] in ("stop", "length") and (await row(answer_id)).status == "done"
+    await socket.disconnect()

@@ -64,6 +64,11 @@ def parse_models(raw: Any) -> list[ModelSpec]:
         for key in ("reasoning", "vision", "demo"):
             if not isinstance(entry.get(key, False), bool):
                 raise ModelConfigError(f"{where}.{key} must be true or false")
+        temperature, top_p = entry.get("temperature", 0.7), entry.get("top_p", 0.95)
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2:
+            raise ModelConfigError(f"{where}.temperature must be a number from 0 to 2")
+        if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1:
+            raise ModelConfigError(f"{where}.top_p must be a number above 0 and at most 1")
         args = {k: v for k, v in entry.items() if k in known}
         spec = ModelSpec(**args, extra={k: v for k, v in entry.items() if k not in known})
         if spec.max_new_tokens >= spec.max_context:

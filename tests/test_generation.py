@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from channels.db import database_sync_to_async
 from celery.contrib.testing.worker import start_worker
+from channels.db import database_sync_to_async
 
 from chat.models import Conversation, Message
 from deepseek_web.celery import app as celery_app
@@ -37,6 +37,10 @@ def deltas_of(frames, message_id):
 
 async def row(message_id) -> Message:
     return await database_sync_to_async(Message.objects.get)(id=message_id)
+
+
+def ids_in(conversation: Conversation) -> set[str]:
+    return {str(i) for i in Message.objects.filter(conversation=conversation).values_list("id", flat=True)}
 
 
 async def new_conversation(user, model="deepseek-chat") -> Conversation:
@@ -87,14 +91,15 @@ async def test_two_conversations_stream_at_once(worker, alice, bob, broker):
     a, b = await open_socket(alice, mine.id), await open_socket(bob, theirs.id)
     await send(a, {"type": "send", "content": "one"})
     await send(b, {"type": "send", "content": "two"})
-    for socket in (a, b):
+    for socket, conversation in ((a, mine), (b, theirs)):
         frames = await receive_until(socket, "done")
         answer_id = frames[-1]["message_id"]
         saved = await row(answer_id)
+        assert saved.conversation_id == conversation.id and saved.status == "done"
         assert saved.content == "".join(d["content"] for d in deltas_of(frames, answer_id))
-        assert {f.get("message_id", f.get("message", {}).get("id")) for f in frames} <= {
-            str(m) for m in await database_sync_to_async(lambda: list(
-                Message.objects.filter(conversation=saved.conversation_id).values_list("id", flat=True)))()}
+        # Each socket heard only about its own conversation's messages.
+        own = await database_sync_to_async(ids_in)(conversation)
+        assert {f.get("message_id") or f["message"]["id"] for f in frames} <= own
         await socket.disconnect()
 
 

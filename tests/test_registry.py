@@ -26,6 +26,8 @@ def test_the_queue_defaults_to_one_per_model():
         ([{"name": "m", "path": "/x", "max_context": 100, "max_new_tokens": 100}], "max_new_tokens"),
         ([{"name": "m", "path": "/x", "vision": "yes"}], "vision"),
         ([{"name": "bad name", "path": "/x"}], "name"),
+        ([{"name": "m", "path": "/x", "temperature": 3}], "temperature"),
+        ([{"name": "m", "path": "/x", "top_p": 0}], "top_p"),
         ([{"name": "m", "path": "/x"}, {"name": "m", "path": "/y"}], "same name"),
     ],
 )

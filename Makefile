@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make run` (the whole site) and `make test` (the suite).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: run test bench lint clean
+
+# System packages a bare Debian lacks: venv support (and Chromium for the browser tests).
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3.11 python3.11-venv; }
+	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3.11-venv; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+run: $(STAMP)
+	$(BIN)/python -m deepseek_web.stack
+
+/usr/bin/chromium:
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium
+
+test: $(STAMP) /usr/bin/chromium
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python manage.py bench_stream
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) var/test-db.sqlite3*

@@ -8,6 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 
+# A UTF-8 character is at most 4 bytes: text held back longer than this is not a character in
+# the making but invalid bytes (a random or broken model), and is released as U+FFFD.
+MAX_HELD_TOKENS = 4
+
+
 class IncrementalDetokenizer:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -23,7 +28,8 @@ class IncrementalDetokenizer:
         self.ids.append(token_id)
         prefix = self._decode(self.ids[self._prefix_offset : self._read_offset])
         text = self._decode(self.ids[self._prefix_offset :])
-        if len(text) > len(prefix) and not text.endswith("\ufffd"):
+        held_too_long = len(self.ids) - self._read_offset >= MAX_HELD_TOKENS
+        if len(text) > len(prefix) and (held_too_long or not text.endswith("\ufffd")):
             self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
             return text[len(prefix) :]
         return ""

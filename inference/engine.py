@@ -86,6 +86,7 @@ class Engine:
         if self.tokenizer.eos_token_id is not None:
             eos_ids.add(self.tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos_ids)
+        self._forward_lock = loaded.forward_lock
 
     # -- prompt ---------------------------------------------------------------------------
     def _render(self, history: list[dict[str, str]]) -> list[int]:
@@ -151,7 +152,8 @@ class Engine:
         stats.finish_reason = "length"
         with torch.inference_mode():
             for _ in range(max_new):
-                logits = self.model(input_ids=step_input, cache=cache, use_cache=True).logits[0, -1, :].float()
+                with self._forward_lock:
+                    logits = self.model(input_ids=step_input, cache=cache, use_cache=True).logits[0, -1, :].float()
                 token = self._sample(logits, params, generator)
                 stats.completion_tokens += 1
                 if token in self.eos_ids:

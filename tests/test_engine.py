@@ -90,6 +90,14 @@ def test_the_streamed_text_equals_the_decoded_tokens(engine):
     assert not any("\ufffd" in p for p in pieces)
 
 
+def test_invalid_bytes_are_not_held_back_until_the_end(engine):
+    """A broken or random model may emit bytes that never form a character: release them."""
+    lead_byte = engine.tokenizer("中", add_special_tokens=False)["input_ids"][0]
+    detok = IncrementalDetokenizer(engine.tokenizer)
+    pieces = [detok.push(lead_byte) for _ in range(12)]
+    assert sum(1 for p in pieces if p) >= 2 and "\ufffd" in "".join(pieces)
+
+
 def test_it_drops_the_oldest_turns_to_fit_the_context(engine, spec):
     long_turn = "word " * 150
     history = [{"role": "system", "content": "sys"}]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 # A UTF-8 character is at most 4 bytes: text held back longer than this is not a character in
 # the making but invalid bytes (a random or broken model), and is released as U+FFFD.
 MAX_HELD_TOKENS = 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .registry import ModelSpec
@@ -23,9 +23,6 @@ class LoadedModel:
     model: Any
     device: str
     load_seconds: float
-    # Concurrent generations take turns, one forward pass at a time: parallel passes over the
-    # same weights only oversubscribe the cores (4 threads ran at 1/4 of one stream's speed).
-    forward_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 def _quantization_config(spec: ModelSpec):

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .registry import ModelSpec
@@ -47,6 +49,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     log.info("loading model %s from %s (quantization=%s, device=%s)", spec.name, spec.path, spec.quantization, device)
     try:
+        if spec.path.startswith((os.sep, ".", "~")) and not Path(spec.path).expanduser().is_dir():
+            raise ModelLoadError("there is no model folder at that path")
         tokenizer = AutoTokenizer.from_pretrained(spec.path)
         if not getattr(tokenizer, "chat_template", None):
             raise ModelLoadError("its tokenizer has no chat template")

@@ -54,9 +54,11 @@ def redis_url() -> str:
     return settings.REDIS_URL
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def demo_model_path():
-    """The demo chat model, built once (seconds) when the data folder does not have it yet."""
+    """The demo chat model, built once (seconds) when the data folder does not have it yet.
+
+    Autouse, so unittest-style classes (the browser tests) get it too."""
     from django.conf import settings
     from django.core.management import call_command
 

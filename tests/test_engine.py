@@ -128,7 +128,7 @@ def test_a_missing_model_fails_with_one_clear_line(tmp_path):
     spec = ModelSpec(name="ghost", path=str(tmp_path / "nowhere"))
     with pytest.raises(ModelLoadError) as info:
         ModelCache().get(spec)
-    assert "ghost" in str(info.value) and "\n" not in str(info.value)
+    assert "ghost" in str(info.value) and "no model folder" in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("quantization, min_cosine", [("8bit", 0.99), ("4bit", 0.85)])

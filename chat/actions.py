@@ -5,6 +5,7 @@ Every lookup is scoped by the acting user; tasks are enqueued only after the com
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,9 +90,16 @@ class SentMessage:
 
 
 def do_send_message(
-    user: AbstractBaseUser, conversation_id: Any, content: Any, client_id: str = ""
+    user: AbstractBaseUser,
+    conversation_id: Any,
+    content: Any,
+    client_id: str = "",
+    announce: Callable[[SentMessage], None] | None = None,
 ) -> SentMessage:
-    """Save the user's message and a pending answer, and queue the answer's generation."""
+    """Save the user's message and a pending answer, and queue the answer's generation.
+
+    After the commit, `announce` runs first and the task is queued second, so watchers hear of
+    the new messages before any of the answer's deltas can exist."""
     content = check_content(content)
     conversation = get_conversation(user, conversation_id)
     try:
@@ -116,12 +124,18 @@ def do_send_message(
             )
             if not conversation.title:
                 Conversation.objects.filter(id=conversation.id).update(title=_title_from(content))
-            answer_id, queue = str(answer.id), spec.celery_queue
-            transaction.on_commit(lambda: celery_app.send_task(GENERATE_TASK, args=[answer_id], queue=queue))
+            sent = SentMessage(user_message, answer)
+            transaction.on_commit(lambda: _announce_and_enqueue(sent, spec.celery_queue, announce))
     except IntegrityError:
         # The partial unique index caught a concurrent send that passed the check above.
         raise ChatError("busy", "An answer is still being written. Stop it or wait for it to finish.") from None
-    return SentMessage(user_message, answer)
+    return sent
+
+
+def _announce_and_enqueue(sent: SentMessage, queue: str, announce: Callable[[SentMessage], None] | None) -> None:
+    if announce is not None:
+        announce(sent)
+    celery_app.send_task(GENERATE_TASK, args=[str(sent.assistant_message.id)], queue=queue)
 
 
 def _title_from(content: str) -> str:

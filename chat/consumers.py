@@ -102,11 +102,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ChatError("invalid_frame", "attachments must be a list of ids.")
         if attachments:
             raise ChatError("attachments_unsupported", "Image attachments are not supported yet.")
-        sent = await database_sync_to_async(actions.do_send_message)(
-            self.scope["user"], self.conversation_id, frame.get("content"), client_id
+        await database_sync_to_async(actions.do_send_message)(
+            self.scope["user"], self.conversation_id, frame.get("content"), client_id, announce=self._announce
         )
-        await events.apublish(self.conversation_id, message_frame(sent.user_message))
-        await events.apublish(self.conversation_id, message_frame(sent.assistant_message))
+
+    def _announce(self, sent: actions.SentMessage) -> None:
+        """Runs in the database thread after the commit, before the answer is queued."""
+        for message in (sent.user_message, sent.assistant_message):
+            events.publish(self.conversation_id, message_frame(message))
 
     async def _cmd_stop(self, frame: dict[str, Any]) -> None:
         cancelled = await database_sync_to_async(actions.do_request_stop)(self.scope["user"], frame.get("message_id"))

@@ -87,6 +87,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # A file (not :memory:) so the browser tests' server process and worker threads share it.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
+else:
+    # Named explicitly: Channels' live-server process otherwise prefixes "test_" a second time.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -157,6 +160,11 @@ DEEPSEEK_MODELS = env_json(
         }
     ],
 )
+# Continuous batching in the worker (transformers' ContinuousBatchingManager) and its KV budget.
+ENGINE_BATCHING = env_bool("ENGINE_BATCHING", True)
+ENGINE_KV_BLOCKS = env_int("ENGINE_KV_BLOCKS", 2048, minimum=16)
+ENGINE_KV_PAGE_SIZE = env_int("ENGINE_KV_PAGE_SIZE", 32, minimum=1)
+ENGINE_MAX_BATCH_TOKENS = env_int("ENGINE_MAX_BATCH_TOKENS", 1024, minimum=16)
 MAX_PROMPT_CHARS = env_int("MAX_PROMPT_CHARS", 16000, minimum=1)
 # How often a worker saves a growing answer and publishes the text since the last save.
 STREAM_FLUSH_SECONDS = env_float("STREAM_FLUSH_SECONDS", 0.05, minimum=0.0)

@@ -6,6 +6,7 @@ import logging
 from celery import shared_task
 from celery.signals import worker_ready
 
+from .batching import BatchConfig
 from .engine import Engine, GenerationStats, PromptTooLong, SamplingParams
 from .loading import ModelCache, ModelLoadError
 from .registry import ModelSpec, UnknownModel, all_models, get_model
@@ -19,8 +20,17 @@ def engine_for(spec: ModelSpec) -> Engine:
     """The process-wide engine for a model, loading it on first use."""
     engine = _engines.get(spec)
     if engine is None:
-        engine = _engines[spec] = Engine(_models.get(spec), spec)
+        engine = _engines[spec] = Engine(_models.get(spec), spec, batch_config())
     return engine
+
+
+def batch_config() -> BatchConfig | None:
+    from django.conf import settings
+
+    if not settings.ENGINE_BATCHING:
+        return None
+    return BatchConfig(page_size=settings.ENGINE_KV_PAGE_SIZE, num_blocks=settings.ENGINE_KV_BLOCKS,
+                       max_batch_tokens=settings.ENGINE_MAX_BATCH_TOKENS)
 
 
 @shared_task(name="inference.tasks.generate", ignore_result=True)

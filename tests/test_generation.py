@@ -7,7 +7,6 @@ from channels.db import database_sync_to_async
 
 from chat.models import Conversation, Message
 from deepseek_web.celery import app as celery_app
-from inference.engine import Engine
 
 from .sockets import open_socket, receive, receive_until, send
 
@@ -49,7 +48,9 @@ async def new_conversation(user, model="deepseek-chat") -> Conversation:
 
 async def ask(socket, content: str) -> tuple[str, list[dict]]:
     await send(socket, {"type": "send", "content": content, "client_id": "c"})
-    _, answer = await receive(socket), await receive(socket)
+    question, answer = await receive(socket), await receive(socket)
+    # Both messages are announced before the answer is queued, so before any of its frames.
+    assert (question["message"]["role"], answer["message"]["role"]) == ("user", "assistant")
     return answer["message"]["id"], await receive_until(socket, "done")
 
 
@@ -121,17 +122,21 @@ async def test_stop_ends_the_answer_and_keeps_the_partial_text(worker, alice, br
     await socket.disconnect()
 
 
-async def test_a_worker_error_mid_answer_fails_the_message_and_keeps_the_text(worker, alice, broker, monkeypatch):
-    real_sample = Engine._sample
+async def test_an_engine_crash_mid_answer_fails_the_message_keeps_the_text_and_recovers(
+    worker, alice, broker, monkeypatch
+):
+    from transformers import Qwen2ForCausalLM
+
+    real_forward = Qwen2ForCausalLM.forward
     calls = {"n": 0}
 
-    def failing_sample(self, *args):
+    def crashing_forward(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 12:
+        if calls["n"] == 13:
             raise RuntimeError("simulated CUDA error")
-        return real_sample(self, *args)
+        return real_forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(Engine, "_sample", failing_sample)
+    monkeypatch.setattr(Qwen2ForCausalLM, "forward", crashing_forward)
     conversation = await new_conversation(alice)
     socket = await open_socket(alice, conversation.id)
     answer_id, frames = await ask(socket, "Hello")
@@ -143,6 +148,9 @@ async def test_a_worker_error_mid_answer_fails_the_message_and_keeps_the_text(wo
     assert saved.status == "failed" and saved.error
     assert saved.content == "".join(d["content"] for d in deltas_of(frames, answer_id)) != ""
     assert saved.completion_tokens == 12
+    # The engine restarts: the next answer completes.
+    answer_id, frames = await ask(socket, "Are you back?")
+    assert frames[-1]["finish_reason"] in ("stop", "length") and (await row(answer_id)).status == "done"
     await socket.disconnect()
 
 

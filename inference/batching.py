@@ -1,0 +1,142 @@
+"""Continuous batching: concurrent generations share forward passes, joining and leaving the
+batch at token boundaries, through transformers' own ContinuousBatchingManager.
+
+Its paged KV cache also shares full blocks by content hash, also after a request ends: a later
+request whose prompt starts with the same token ids (the next turn of a conversation) reuses
+those blocks instead of recomputing them, until the block budget needs them back.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+# Per-request temperature 0 (greedy) is emulated by a tiny temperature: the softmax becomes
+# one-hot on the argmax, so the shared sampler picks it.
+GREEDY_TEMPERATURE = 1e-4
+RESULT_TIMEOUT = 600.0
+
+
+class EngineCrashed(RuntimeError):
+    """The batching loop stopped or failed; in-flight requests cannot finish."""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    page_size: int = 32  # tokens per KV block: the granularity of prefix reuse
+    num_blocks: int = 2048  # KV budget in blocks (the whole cache, reused prefixes included)
+    max_batch_tokens: int = 1024  # tokens per forward pass (prefill chunks + decodes)
+
+
+class _DirectDispatch:
+    """Stands in for the event loop the manager hands results to: calls the handler at once
+    (it only puts the result on the request's own queue)."""
+
+    @staticmethod
+    def call_soon_threadsafe(callback: Any, *args: Any) -> None:
+        callback(*args)
+
+
+class BatchRunner:
+    """One ContinuousBatchingManager per loaded model; thread-safe `stream()` per request."""
+
+    def __init__(self, loaded: LoadedModel, eos_ids: frozenset[int], config: BatchConfig | None = None) -> None:
+        self.loaded = loaded
+        self.eos_ids = eos_ids
+        self.config = config or BatchConfig()
+        self._lock = threading.Lock()
+        self._manager: Any = None
+
+    def _start(self) -> Any:
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        spec = self.loaded.spec
+        # Temperature and top_p must differ from their defaults here, or the manager builds no
+        # per-request processors for them.
+        generation = GenerationConfig(
+            do_sample=True, temperature=0.7, top_p=0.95, max_new_tokens=spec.max_new_tokens,
+            eos_token_id=sorted(self.eos_ids), pad_token_id=self.loaded.tokenizer.pad_token_id,
+        )
+        manager = self.loaded.model.init_continuous_batching(
+            generation_config=generation,
+            continuous_batching_config=ContinuousBatchingConfig(
+                page_size=self.config.page_size, num_blocks=self.config.num_blocks,
+                max_batch_tokens=self.config.max_batch_tokens, allow_block_sharing=True,
+                per_request_processors=True,
+            ),
+        )
+        manager.start()
+        log.info("continuous batching started for %s (%d KV blocks of %d tokens)",
+                 spec.name, self.config.num_blocks, self.config.page_size)
+        return manager
+
+    def manager(self) -> Any:
+        """The running manager, (re)started when missing or crashed."""
+        with self._lock:
+            current = self._manager
+            if current is not None and current.is_running():
+                return current
+            if current is not None:
+                log.error("the batching loop for %s stopped; restarting it", self.loaded.spec.name)
+                try:
+                    current.stop(block=False)
+                except Exception:
+                    log.exception("stopping the crashed batching loop failed")
+            self._manager = self._start()
+            return self._manager
+
+    def stream(
+        self, prompt_ids: list[int], max_new_tokens: int, temperature: float, top_p: float
+    ) -> Iterator[list[int]]:
+        """Yield lists of new token ids as the batch produces them. Closing the iterator early
+        cancels the request in the engine, freeing its slot at the next step."""
+        manager = self.manager()
+        request_id = uuid.uuid4().hex
+        results: queue.Queue = queue.Queue()
+        router = manager.output_router
+        with router._lock:  # registered before submitting, so no result goes to the shared queue
+            router.result_handlers[request_id] = (results.put, _DirectDispatch)
+        finished = False
+        try:
+            added = manager.add_request(
+                list(prompt_ids), request_id=request_id, max_new_tokens=max_new_tokens, streaming=True,
+                eos_token_id=sorted(self.eos_ids),
+                temperature=float(max(temperature, GREEDY_TEMPERATURE)), top_p=float(top_p),
+            )
+            if added is None:
+                raise EngineCrashed("the batching engine is not accepting requests")
+            seen = 0
+            while not finished:
+                try:
+                    output = results.get(timeout=1.0)
+                except queue.Empty:
+                    if not manager.is_running():
+                        raise EngineCrashed("the batching loop stopped while answering") from None
+                    continue
+                if output.error:
+                    raise EngineCrashed(f"the batching loop failed: {output.error}")
+                finished = output.is_finished()
+                new = output.generated_tokens[seen:]
+                seen = len(output.generated_tokens)
+                if new:
+                    yield new
+        finally:
+            with router._lock:
+                router.result_handlers.pop(request_id, None)
+            if not finished:
+                manager.cancel_request(request_id)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._manager is not None:
+                self._manager.stop(block=True)
+                self._manager = None

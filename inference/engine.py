@@ -13,6 +13,7 @@ from .batching import BatchConfig, BatchRunner
 from .detokenizer import IncrementalDetokenizer
 from .loading import LoadedModel
 from .registry import ModelSpec
+from .turns import TurnCache
 
 THINK_END = "</think>"
 
@@ -42,6 +43,7 @@ class GenerationStats:
     completion_tokens: int = 0
     finish_reason: str = ""  # "stop" | "length"
     generated_ids: list[int] = field(default_factory=list)
+    stopped_by_string: bool = False  # the text was cut before the ids ended
 
 
 class StopMatcher:
@@ -114,17 +116,58 @@ class Engine:
             eos_ids.add(self.tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos_ids)
         self.batcher = BatchRunner(loaded, self.eos_ids, batching) if batching is not None else None
+        self.turns = TurnCache()
 
     # -- prompt ---------------------------------------------------------------------------
-    def _render(self, history: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            history, tokenize=False, add_generation_prompt=True, enable_thinking=self.spec.reasoning
+    def _render_text(self, history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(
+            history, tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=self.spec.reasoning
         )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def encode_chat(self, history: list[dict[str, str]], max_new_tokens: int) -> list[int]:
-        """Token ids for the conversation, dropping the oldest turns until the answer fits."""
+    def _render(self, history: list[dict[str, str]]) -> list[int]:
+        return self.tokenizer(self._render_text(history), add_special_tokens=False)["input_ids"]
+
+    def encode_chat(
+        self, history: list[dict[str, str]], max_new_tokens: int, conversation: str | None = None
+    ) -> list[int]:
+        """Token ids for the conversation, dropping the oldest turns until the answer fits.
+
+        With `conversation`, the last turn's stored ids are extended when they encode exactly
+        the history before the new message (reasoning models re-render: earlier thinking must
+        not be fed back, and the template drops it)."""
         budget = self.spec.max_context - max_new_tokens
+        if conversation is not None and not self.spec.reasoning and history and history[-1]["role"] == "user":
+            turn = self.turns.get(conversation, history[:-1])
+            suffix = self._new_turn_ids(history) if turn is not None else None
+            if turn is not None and suffix is not None and len(turn.ids) + len(suffix) <= budget:
+                return list(turn.ids) + suffix
+        return self._encode_fitting(history, budget, max_new_tokens)
+
+    def _new_turn_ids(self, history: list[dict[str, str]]) -> list[int] | None:
+        """Ids of what the template adds for the newest message (None if it is not a pure suffix)."""
+        before = self._render_text(history[:-1], add_generation_prompt=False)
+        after = self._render_text(history, add_generation_prompt=True)
+        if not after.startswith(before):
+            return None
+        return self.tokenizer(after[len(before) :], add_special_tokens=False)["input_ids"]
+
+    def remember_turn(
+        self, conversation: str, history: list[dict[str, str]], answer: str, prompt_ids: list[int],
+        stats: GenerationStats,
+    ) -> None:
+        """Keep this turn's ids (prompt + answer + the template's closing) for the next turn."""
+        if self.spec.reasoning or not answer or stats.stopped_by_string:
+            return
+        full = history + [{"role": "assistant", "content": answer}]
+        rendered = self._render_text(full, add_generation_prompt=False)
+        at = rendered.rfind(answer)
+        if at < 0:
+            return
+        answer_ids = [t for t in stats.generated_ids if t not in self.eos_ids]
+        closing = self.tokenizer(rendered[at + len(answer) :], add_special_tokens=False)["input_ids"]
+        self.turns.put(conversation, full, prompt_ids + answer_ids + closing)
+
+    def _encode_fitting(self, history: list[dict[str, str]], budget: int, max_new_tokens: int) -> list[int]:
         system = [m for m in history if m["role"] == "system"]
         turns = [m for m in history if m["role"] != "system"]
         while turns:
@@ -207,6 +250,7 @@ class Engine:
                         yield delta
                     if hit:
                         stats.finish_reason, ended = "stop", True
+                        stats.stopped_by_string = True
                         break
                 if ended or stats.completion_tokens >= max_new:
                     break

@@ -46,7 +46,7 @@ def generate(message_id: str) -> None:
         spec = get_model(job.model)
         engine = engine_for(spec)
         params = SamplingParams(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_p=spec.top_p)
-        prompt_ids = engine.encode_chat(job.history, params.max_new_tokens)
+        prompt_ids = engine.encode_chat(job.history, params.max_new_tokens, conversation=job.conversation_id)
         writer.start(len(prompt_ids))
         stats = GenerationStats()
         stream = engine.generate(prompt_ids, params, stats)
@@ -58,6 +58,7 @@ def generate(message_id: str) -> None:
             writer.completion_tokens = stats.completion_tokens
             if writer.flush():
                 writer.done(stats.finish_reason)
+                engine.remember_turn(job.conversation_id, job.history, writer.content, prompt_ids, stats)
                 return
         # The last save was refused: Stop was pressed, or the message was deleted.
         if writer.stop_was_requested():

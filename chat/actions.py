@@ -18,6 +18,7 @@ from django.utils import timezone
 from deepseek_web.celery import app as celery_app
 from inference.registry import UnknownModel, default_model, get_model
 
+from . import liveness
 from .models import Conversation, Message
 
 GENERATE_TASK = "inference.tasks.generate"
@@ -156,9 +157,10 @@ def do_request_stop(user: AbstractBaseUser, message_id: Any) -> Message | None:
     if queued:
         message.refresh_from_db()
         return message
-    Message.objects.filter(id=message.id, status=Message.Status.STREAMING).update(
+    if Message.objects.filter(id=message.id, status=Message.Status.STREAMING).update(
         stop_requested=True, updated_at=now
-    )
+    ):
+        liveness.publish_cancel(message.id)  # the worker stops at its next token
     return None
 
 

@@ -1,6 +1,7 @@
 """The chat socket: one connection watches one conversation and sends its user's commands."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -10,7 +11,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from . import actions, events
+from . import actions, events, liveness
 from .actions import ChatError
 from .frames import done_frame, error_frame, group_name, message_frame
 
@@ -55,9 +56,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.group = group_name(self.conversation_id)
         self.bucket = TokenBucket(settings.SOCKET_FRAME_BURST, settings.SOCKET_FRAMES_PER_SECOND)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        self.watching = asyncio.create_task(liveness.keep_watching(self.conversation_id))
 
     async def disconnect(self, code: int) -> None:
         if self.group:
+            self.watching.cancel()
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:

@@ -6,6 +6,7 @@ text (and its seq) was saved, so a client that reads the row after subscribing m
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from . import events
+from . import events, liveness
 from .frames import delta_frame, done_frame, error_frame
 from .models import Message
 
@@ -61,9 +62,18 @@ class ReplyWriter:
     seq: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    abandoned: bool = False
     _unsent_content: str = ""
     _unsent_reasoning: str = ""
     _last_flush: float = 0.0
+    _last_watch_check: float = field(default_factory=time.monotonic)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._stop = liveness.cancel_watch.watch(self.job.message_id)
+
+    def close(self) -> None:
+        liveness.cancel_watch.unwatch(self.job.message_id)
 
     def _row(self):
         return Message.objects.filter(id=self.job.message_id)
@@ -76,13 +86,24 @@ class ReplyWriter:
         self._row().update(prompt_tokens=prompt_tokens)
 
     def append(self, content: str, reasoning: str, completion_tokens: int) -> bool:
-        """Add text; returns False when the answer must stop (Stop pressed, or row deleted)."""
+        """Add text; returns False when the answer must stop (Stop pressed, nobody watching, or
+        the row deleted)."""
+        if self._stop.is_set():
+            return False
         self.content += content
         self.reasoning += reasoning
         self._unsent_content += content
         self._unsent_reasoning += reasoning
         self.completion_tokens = completion_tokens
-        if time.monotonic() - self._last_flush < self.flush_seconds:
+        now = time.monotonic()
+        if now - self._last_watch_check >= min(2.0, settings.ABANDONED_AFTER_SECONDS / 2):
+            self._last_watch_check = now
+            if not liveness.is_watched(self.job.conversation_id):
+                log.info("nobody is watching conversation %s; cancelling %s", self.job.conversation_id,
+                         self.job.message_id)
+                self.abandoned = True
+                return False
+        if now - self._last_flush < self.flush_seconds:
             return True
         return self.flush()
 
@@ -101,8 +122,9 @@ class ReplyWriter:
         self._unsent_content = self._unsent_reasoning = ""
         return True
 
-    def stop_was_requested(self) -> bool:
-        return self._row().filter(stop_requested=True).exists()
+    def should_cancel(self) -> bool:
+        """After a refused save or append: cancel (Stop or abandoned), or just let go (deleted)."""
+        return self.abandoned or self._row().filter(stop_requested=True).exists()
 
     def finish(self, status: str, finish_reason: str, error: str = "") -> Message | None:
         """Save the final text and state, then publish the remaining text and `done`."""

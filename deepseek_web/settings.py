@@ -168,6 +168,8 @@ ENGINE_MAX_BATCH_TOKENS = env_int("ENGINE_MAX_BATCH_TOKENS", 1024, minimum=16)
 MAX_PROMPT_CHARS = env_int("MAX_PROMPT_CHARS", 16000, minimum=1)
 # How often a worker saves a growing answer and publishes the text since the last save.
 STREAM_FLUSH_SECONDS = env_float("STREAM_FLUSH_SECONDS", 0.05, minimum=0.0)
+# An answer nobody has watched (no open socket on its conversation) for this long is cancelled.
+ABANDONED_AFTER_SECONDS = env_float("ABANDONED_AFTER_SECONDS", 60.0, minimum=0.1)
 # Socket frames a client may send in a burst, and how many per second refill the burst.
 SOCKET_FRAME_BURST = env_int("SOCKET_FRAME_BURST", 20, minimum=1)
 SOCKET_FRAMES_PER_SECOND = env_float("SOCKET_FRAMES_PER_SECOND", 2.0, minimum=0.01)

@@ -60,14 +60,16 @@ def generate(message_id: str) -> None:
                 writer.done(stats.finish_reason)
                 engine.remember_turn(job.conversation_id, job.history, writer.content, prompt_ids, stats)
                 return
-        # The last save was refused: Stop was pressed, or the message was deleted.
-        if writer.stop_was_requested():
+        # The text was refused: Stop was pressed, nobody is watching, or the row was deleted.
+        if writer.should_cancel():
             writer.cancelled()
     except (UnknownModel, ModelLoadError, PromptTooLong) as exc:
         writer.fail(str(exc))
     except Exception:
         log.exception("generation of %s failed", message_id)
         writer.fail("The model failed while writing this answer; the partial answer was kept.")
+    finally:
+        writer.close()
 
 
 @worker_ready.connect

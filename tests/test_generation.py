@@ -1,6 +1,9 @@
 """End to end on real parts: socket → Redis → a real Celery worker (threads) → the demo model."""
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from celery.contrib.testing.worker import start_worker
 from channels.db import database_sync_to_async
@@ -173,3 +176,36 @@ async def test_a_model_that_cannot_load_fails_clearly_and_others_keep_working(wo
     answer_id, frames = await ask(socket, "Hello")
     assert frames[-1]["finish_reason"] in ("stop", "length") and (await row(answer_id)).status == "done"
     await socket.disconnect()
+
+
+async def test_stop_reaches_the_worker_at_once_not_at_its_next_save(worker, alice, broker, long_answers, settings):
+    settings.STREAM_FLUSH_SECONDS = 30  # saves (where the database flag is checked) are far apart
+    conversation = await new_conversation(alice)
+    socket = await open_socket(alice, conversation.id)
+    await send(socket, {"type": "send", "content": "Write a very long story"})
+    _, answer = await receive(socket), await receive(socket)
+    assert (await receive(socket))["type"] == "delta"
+    started = time.monotonic()
+    await send(socket, {"type": "stop", "message_id": answer["message"]["id"]})
+    frames = await receive_until(socket, "done", timeout=5)
+    assert frames[-1]["finish_reason"] == "cancelled" and time.monotonic() - started < 3
+    saved = await row(answer["message"]["id"])
+    assert saved.status == "cancelled" and saved.completion_tokens < 1900
+    await socket.disconnect()
+
+
+async def test_an_answer_nobody_watches_is_cancelled_after_the_timeout(worker, alice, broker, long_answers, settings):
+    settings.ABANDONED_AFTER_SECONDS = 1.0
+    conversation = await new_conversation(alice)
+    socket = await open_socket(alice, conversation.id)
+    await send(socket, {"type": "send", "content": "Write a very long story"})
+    _, answer = await receive(socket), await receive(socket)
+    assert (await receive(socket))["type"] == "delta"
+    await socket.disconnect()  # the client goes away without a word
+    deadline = time.monotonic() + 8
+    saved = await row(answer["message"]["id"])
+    while saved.status == "streaming" and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        saved = await row(answer["message"]["id"])
+    assert saved.status == "cancelled" and saved.finish_reason == "cancelled"
+    assert saved.content and saved.completion_tokens < 1900

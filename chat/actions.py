@@ -16,7 +16,8 @@ from django.db.models import Max
 from django.utils import timezone
 
 from deepseek_web.celery import app as celery_app
-from inference.registry import UnknownModel, default_model, get_model
+from inference.prompt_check import message_tokens, room_for_prompt
+from inference.registry import ModelSpec, UnknownModel, default_model, get_model
 
 from . import liveness
 from .models import Conversation, Message
@@ -84,6 +85,17 @@ def check_content(content: Any) -> str:
     return content
 
 
+def check_fits(spec: ModelSpec, content: str) -> None:
+    """Refuse, before anything is saved, a message that alone leaves no room for an answer."""
+    tokens = message_tokens(spec, content)
+    if tokens is not None and tokens > room_for_prompt(spec):
+        raise ChatError(
+            "prompt_too_long",
+            f"The message is {tokens} tokens long; {spec.name} can take at most {room_for_prompt(spec)} "
+            f"with room for its answer.",
+        )
+
+
 @dataclass(frozen=True)
 class SentMessage:
     user_message: Message
@@ -107,6 +119,7 @@ def do_send_message(
         spec = get_model(conversation.model)
     except UnknownModel:
         raise ChatError("unknown_model", f"The model {conversation.model!r} is no longer configured.") from None
+    check_fits(spec, content)
     try:
         with transaction.atomic():
             now = timezone.now()

@@ -201,3 +201,18 @@ async def test_stop_and_resume_of_another_users_message_reveal_nothing(conversat
     row = await database_sync_to_async(Message.objects.get)(id=secret.id)
     assert row.status == "pending" and not row.stop_requested
     await socket.disconnect()
+
+
+async def test_a_message_too_long_for_the_models_context_is_refused_before_saving(
+    conversation, alice, broker, settings, demo_model_path
+):
+    settings.DEEPSEEK_MODELS = [{"name": "deepseek-chat", "path": str(demo_model_path), "max_context": 256,
+                                 "max_new_tokens": 64}]
+    socket = await open_socket(alice, conversation.id)
+    await send(socket, {"type": "send", "content": "many words " * 300})
+    reply = await receive(socket)
+    assert reply["code"] == "prompt_too_long" and "192" in reply["message"]
+    assert await messages_written() == 0 and broker.llen(QUEUE) == 0
+    await send(socket, {"type": "send", "content": "short enough"})
+    assert (await receive(socket))["message"]["content"] == "short enough"
+    await socket.disconnect()

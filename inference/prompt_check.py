@@ -1,0 +1,38 @@
+"""A check the web tier makes before saving a message: does it fit the model's context at all?
+
+Needs only the tokenizer (small, loaded once per process), never the weights.
+"""
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from .registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=16)
+def _tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # the worker reports an unloadable model with the full reason
+        log.warning("cannot load the tokenizer of %s to check message sizes: %s", path, str(exc).splitlines()[0])
+        return None
+
+
+def message_tokens(spec: ModelSpec, content: str) -> int | None:
+    """Tokens the message takes as a single-turn prompt; None when the tokenizer is unavailable."""
+    tokenizer = _tokenizer(spec.path)
+    if tokenizer is None:
+        return None
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=spec.reasoning)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def room_for_prompt(spec: ModelSpec) -> int:
+    return spec.max_context - spec.max_new_tokens

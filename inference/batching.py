@@ -135,8 +135,8 @@ class BatchRunner:
             if not finished:
                 manager.cancel_request(request_id)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         with self._lock:
             if self._manager is not None:
-                self._manager.stop(block=True)
+                self._manager.stop(block=True, timeout=timeout)
                 self._manager = None

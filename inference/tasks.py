@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
 from .batching import BatchConfig
 from .engine import Engine, GenerationStats, PromptTooLong, SamplingParams
@@ -83,3 +83,11 @@ def preload_models(sender=None, **kwargs) -> None:
                 engine_for(spec)
             except ModelLoadError:
                 pass  # already logged in one line; answers for it fail with the reason
+
+
+@worker_shutdown.connect
+def stop_engines(**kwargs) -> None:
+    """The batching loops run in non-daemon threads: stop them, or the worker never exits."""
+    for engine in list(_engines.values()):
+        if engine.batcher is not None:
+            engine.batcher.stop(timeout=10)

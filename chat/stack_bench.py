@@ -124,6 +124,13 @@ async def _drive(port: int, cookie: str, conversation_ids: list, runs: int, conc
     }
 
 
+def _database_url() -> str:
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
 def socket_bench(model_entry: dict[str, Any], runs: int, concurrency: int) -> dict[str, float]:
     """Start a worker and daphne for `model_entry`, and stream through a real WebSocket."""
     from django.contrib.auth import get_user_model
@@ -133,7 +140,9 @@ def socket_bench(model_entry: dict[str, Any], runs: int, concurrency: int) -> di
 
     redis = ensure_redis(settings.REDIS_URL)
     port = free_port()
-    env = {**os.environ, "DEEPSEEK_MODELS": json.dumps([model_entry]), "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "DEEPSEEK_MODELS": json.dumps([model_entry]), "LOG_LEVEL": "WARNING",
+           # The subprocesses use this process's database and Redis (the test ones under pytest).
+           "DATABASE_URL": _database_url(), "REDIS_URL": redis.url if redis else settings.REDIS_URL}
     user = get_user_model().objects.create_user(f"bench-{uuid.uuid4().hex[:8]}")
     client = Client()
     client.force_login(user)

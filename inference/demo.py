@@ -46,6 +46,16 @@ DEMO_CHAT_CONFIG = dict(
     max_position_embeddings=4096,
     tie_word_embeddings=True,
 )
+# The benchmark model: about 100M parameters, the size FACTS.md measured batching on.
+BENCH_CONFIG = dict(
+    hidden_size=768,
+    intermediate_size=2560,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_key_value_heads=4,
+    max_position_embeddings=4096,
+    tie_word_embeddings=True,
+)
 VOCAB_SIZE = 4096
 SEED = 20261129
 
@@ -87,45 +97,39 @@ def train_tokenizer():
     return tokenizer
 
 
-def build_demo_chat_model(out_dir: Path, progress: Progress = lambda _: None) -> Path:
-    """Write a tiny Qwen2 chat model (config, bf16 weights, tokenizer, template) to out_dir."""
+def build_demo_chat_model(
+    out_dir: Path, progress: Progress = lambda _: None, config: dict | None = None, tokenizer_from: Path | None = None
+) -> Path:
+    """Write a Qwen2 chat model with random weights (config, bf16 weights, tokenizer, template)
+    to out_dir: tiny by default, or `config`; the tokenizer is trained, or reused from a model."""
     import torch
-    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     out_dir = Path(out_dir)
-    progress("training the tokenizer on the Python standard library")
-    raw = train_tokenizer()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-        additional_special_tokens=[USER, ASSISTANT],
-        model_max_length=DEMO_CHAT_CONFIG["max_position_embeddings"],
-    )
-    tokenizer.add_tokens(THINK_TOKENS)
-    tokenizer.chat_template = CHAT_TEMPLATE
-
+    if tokenizer_from is not None:
+        progress(f"reusing the tokenizer of {tokenizer_from}")
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    else:
+        progress("training the tokenizer on the Python standard library")
+        tokenizer = _new_tokenizer()
     progress("initialising random weights")
     torch.manual_seed(SEED)
-    config = Qwen2Config(
+    model_config = Qwen2Config(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
         eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
         pad_token_id=tokenizer.pad_token_id,
-        **DEMO_CHAT_CONFIG,
+        **(config or DEMO_CHAT_CONFIG),
     )
-    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model = Qwen2ForCausalLM(model_config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
+        bos_token_id=model_config.bos_token_id,
+        eos_token_id=model_config.eos_token_id,
+        pad_token_id=model_config.pad_token_id,
         do_sample=True,
         temperature=0.7,
         top_p=0.95,
     )
-
     progress(f"saving to {out_dir}")
     tmp = out_dir.with_name(out_dir.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -138,3 +142,21 @@ def build_demo_chat_model(out_dir: Path, progress: Progress = lambda _: None) ->
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
+
+
+def _new_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    raw = train_tokenizer()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=[USER, ASSISTANT],
+        model_max_length=DEMO_CHAT_CONFIG["max_position_embeddings"],
+    )
+    tokenizer.add_tokens(THINK_TOKENS)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer

@@ -5,28 +5,35 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
-from inference.demo import build_demo_chat_model
+from inference.demo import BENCH_CONFIG, build_demo_chat_model
 
 STEPS = 3
+BENCH_MODEL = "bench-100m"
 
 
 class Command(BaseCommand):
-    help = "Build the small random-weight demo models offline (no model hub needed)."
+    help = "Build the random-weight demo models offline (no model hub needed)."
 
     def add_arguments(self, parser):
         parser.add_argument("--out", default=str(settings.DEMO_MODELS_DIR), help="target folder")
-        parser.add_argument("--if-missing", action="store_true", help="do nothing when already built")
+        parser.add_argument("--if-missing", action="store_true", help="do nothing for models already built")
+        parser.add_argument("--bench", action="store_true", help=f"also build {BENCH_MODEL} (~100M parameters)")
 
-    def handle(self, *args, out: str, if_missing: bool, **options):
-        target = Path(out) / "demo-chat"
+    def handle(self, *args, out: str, if_missing: bool, bench: bool, **options):
+        chat = Path(out) / "demo-chat"
+        self._build(chat, if_missing)
+        if bench:
+            self._build(Path(out) / BENCH_MODEL, if_missing, config=BENCH_CONFIG, tokenizer_from=chat)
+
+    def _build(self, target: Path, if_missing: bool, **kwargs) -> None:
         if if_missing and (target / "config.json").exists():
-            self.stdout.write(f"demo models already in {target.parent}")
+            self.stdout.write(f"{target.name} already built in {target.parent}")
             return
-        with tqdm(total=STEPS, desc="demo-chat", unit="step", file=self.stderr._out) as bar:
+        with tqdm(total=STEPS, desc=target.name, unit="step", file=self.stderr._out) as bar:
 
             def progress(message: str) -> None:
                 bar.set_postfix_str(message)
                 bar.update(1)
 
-            build_demo_chat_model(target, progress)
-        self.stdout.write(self.style.SUCCESS(f"built demo-chat in {target}"))
+            build_demo_chat_model(target, progress, **kwargs)
+        self.stdout.write(self.style.SUCCESS(f"built {target.name} in {target}"))

@@ -28,7 +28,7 @@ test: $(STAMP) /usr/bin/chromium
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python manage.py bench_stream
+	$(BIN)/python manage.py bench_inference
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

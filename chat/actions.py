@@ -18,6 +18,7 @@ from django.utils import timezone
 from deepseek_web.celery import app as celery_app
 from inference.prompt_check import message_tokens, room_for_prompt
 from inference.registry import ModelSpec, UnknownModel, default_model, get_model
+from inference.routing import queue_for
 
 from . import liveness
 from .models import Conversation, Message
@@ -149,7 +150,9 @@ def do_send_message(
 def _announce_and_enqueue(sent: SentMessage, queue: str, announce: Callable[[SentMessage], None] | None) -> None:
     if announce is not None:
         announce(sent)
-    celery_app.send_task(GENERATE_TASK, args=[str(sent.assistant_message.id)], queue=queue)
+    # The worker that answered this conversation before holds its KV cache: send it there.
+    target = queue_for(queue, sent.assistant_message.conversation_id)
+    celery_app.send_task(GENERATE_TASK, args=[str(sent.assistant_message.id)], queue=target)
 
 
 def _title_from(content: str) -> str:

@@ -184,5 +184,7 @@ LOGGING = {
         # bitsandbytes logs a line per quantized matmul on CPU.
         "bitsandbytes": {"level": "ERROR"},
         "daphne": {"level": "WARNING"},
+        # transformers' batching manager logs every start and stop at INFO.
+        "ContinuousBatchingLogger": {"level": "WARNING"},
     },
 }

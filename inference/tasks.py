@@ -10,6 +10,7 @@ from .batching import BatchConfig
 from .engine import Engine, GenerationStats, PromptTooLong, SamplingParams
 from .loading import ModelCache, ModelLoadError
 from .registry import ModelSpec, UnknownModel, all_models, get_model
+from .routing import Heartbeat, private_queue
 
 log = logging.getLogger(__name__)
 _models = ModelCache()
@@ -72,22 +73,35 @@ def generate(message_id: str) -> None:
         writer.close()
 
 
+_heartbeats: list[Heartbeat] = []
+
+
 @worker_ready.connect
-def preload_models(sender=None, **kwargs) -> None:
-    """Load the models whose queues this worker consumes, so the first answer is not slow."""
+def join_models(sender=None, **kwargs) -> None:
+    """Load the models whose queues this worker consumes (so the first answer is not slow),
+    then take a private queue per model and announce it, so conversations stick to us."""
+    if sender is None:
+        return
     # The sender is the worker's consumer; its app knows which queues this worker was given.
-    queues = set(sender.app.amqp.queues.consume_from) if sender is not None else set()
+    queues = set(sender.app.amqp.queues.consume_from)
+    mine = [spec.celery_queue for spec in all_models().values() if spec.celery_queue in queues]
     for spec in all_models().values():
-        if spec.celery_queue in queues:
+        if spec.celery_queue in mine:
             try:
                 engine_for(spec)
             except ModelLoadError:
                 pass  # already logged in one line; answers for it fail with the reason
+    for queue in mine:
+        sender.add_task_queue(private_queue(queue, sender.hostname))
+    if mine:
+        _heartbeats.append(Heartbeat(sender.hostname, mine).start())
 
 
 @worker_shutdown.connect
 def stop_engines(**kwargs) -> None:
     """The batching loops run in non-daemon threads: stop them, or the worker never exits."""
+    while _heartbeats:
+        _heartbeats.pop().stop()
     for engine in list(_engines.values()):
         if engine.batcher is not None:
             engine.batcher.stop(timeout=10)

@@ -95,7 +95,10 @@ def broker(redis_url):
 
     client = redis.Redis.from_url(redis_url)
     queues = [spec.celery_queue for spec in all_models().values()]
-    client.delete(*queues)
+    # Forget workers announced by earlier tests, so answers go to the shared queue unless a
+    # worker running now announces itself again.
+    stale = [*queues, *client.keys("deepseek:workers:*")]
+    client.delete(*stale)
     yield client
     client.delete(*queues)
     client.close()

@@ -13,6 +13,7 @@ from django.db import connections
 from django.test import override_settings
 
 from deepseek_web.celery import app as celery_app
+from inference.tasks import stop_engines
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
@@ -62,6 +63,7 @@ class ChatInChromiumTests(ChannelsLiveServerTestCase):
         cls.browser.close()
         cls.playwright.stop()
         cls.worker_context.__exit__(None, None, None)
+        stop_engines()  # an in-process worker sends no worker_shutdown: leave and stop the engines
         super().tearDownClass()
 
     def setUp(self):

@@ -6,10 +6,12 @@ import time
 
 import pytest
 from celery.contrib.testing.worker import start_worker
+from celery.signals import worker_ready
 from channels.db import database_sync_to_async
 
 from chat.models import Conversation, Message
 from deepseek_web.celery import app as celery_app
+from inference.tasks import stop_engines
 
 from .sockets import open_socket, receive, receive_until, send
 
@@ -23,7 +25,11 @@ def worker(demo_model_path, django_db_blocker):
         celery_app, pool="threads", concurrency=4, perform_ping_check=False, queues=[QUEUE],
         loglevel="WARNING", shutdown_timeout=30,
     ) as running:
+        # The command-line worker sends worker_ready when it starts consuming; the embedded
+        # one does not, so send it as the CLI would (loads the model, joins the routing).
+        worker_ready.send(sender=running.consumer)
         yield running
+        stop_engines()  # an in-process worker sends no worker_shutdown: leave and stop the engines
 
 
 @pytest.fixture
@@ -209,3 +215,17 @@ async def test_an_answer_nobody_watches_is_cancelled_after_the_timeout(worker, a
         saved = await row(answer["message"]["id"])
     assert saved.status == "cancelled" and saved.finish_reason == "cancelled"
     assert saved.content and saved.completion_tokens < 1900
+
+
+async def test_a_conversation_is_routed_to_the_worker_holding_its_cache(worker, alice, broker):
+    from inference.routing import live_workers, private_queue, queue_for
+
+    deadline = time.monotonic() + 10
+    while worker.hostname not in live_workers(QUEUE) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)  # the broker fixture cleared announcements; the next beat restores them
+    conversation = await new_conversation(alice)
+    assert queue_for(QUEUE, conversation.id) == private_queue(QUEUE, worker.hostname)
+    socket = await open_socket(alice, conversation.id)
+    answer_id, frames = await ask(socket, "Hello")
+    assert frames[-1]["finish_reason"] in ("stop", "length") and (await row(answer_id)).status == "done"
+    await socket.disconnect()

@@ -15,6 +15,8 @@ import time
 import redis
 from django.conf import settings
 
+from deepseek_web.redis_server import shared_client
+
 log = logging.getLogger(__name__)
 CANCEL_CHANNEL = "deepseek:cancel"
 
@@ -23,16 +25,8 @@ def _watch_key(conversation_id: object) -> str:
     return f"deepseek:watched:{conversation_id}"
 
 
-_client_lock = threading.Lock()
-_clients: dict[str, redis.Redis] = {}
-
-
 def _client() -> redis.Redis:
-    url = settings.REDIS_URL
-    with _client_lock:
-        if url not in _clients:
-            _clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-        return _clients[url]
+    return shared_client(settings.REDIS_URL)
 
 
 # ---- stop ------------------------------------------------------------------------------------

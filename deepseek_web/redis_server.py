@@ -1,13 +1,18 @@
-"""Finding a Redis, or starting a private one on loopback when REDIS_URL is not reachable."""
+"""Finding a Redis, or starting a private one on loopback when REDIS_URL is not reachable;
+and the process-wide client for small commands (signals, heartbeats)."""
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
+
+import redis
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -93,3 +98,17 @@ def ensure_redis(url: str) -> PrivateRedis | None:
     if host not in LOOPBACK:
         raise RuntimeError(f"Redis at {url} is not reachable, and it is not on this machine to start one")
     return PrivateRedis(port).start()
+
+
+_client_lock = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _client_for(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+
+
+def shared_client(url: str) -> redis.Redis:
+    """One pooled, thread-safe client per URL for the whole process."""
+    with _client_lock:
+        return _client_for(url)

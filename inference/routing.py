@@ -12,6 +12,8 @@ import time
 import redis
 from django.conf import settings
 
+from deepseek_web.redis_server import shared_client
+
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
 LIVE_FOR_SECONDS = 15.0  # a worker silent this long is treated as gone
@@ -26,7 +28,7 @@ def private_queue(queue: str, hostname: str) -> str:
 
 
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    return shared_client(settings.REDIS_URL)
 
 
 def live_workers(queue: str, client: redis.Redis | None = None) -> list[str]:

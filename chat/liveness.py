@@ -74,7 +74,7 @@ class CancelWatch:
                     if event is not None:
                         event.set()
             except redis.RedisError:
-                log.warning("cancel subscriber lost Redis; reconnecting", exc_info=True)
+                log.warning("cancel subscriber lost Redis; reconnecting")
                 time.sleep(1)
 
 

@@ -131,6 +131,19 @@ def test_a_missing_model_fails_with_one_clear_line(tmp_path):
     assert "ghost" in str(info.value) and "no model folder" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_unquantized_models_compute_in_float32_on_a_cpu_and_bf16_otherwise(spec, engine):
+    import dataclasses
+
+    import torch
+
+    from inference.loading import compute_dtype
+
+    assert engine.model.dtype == torch.float32  # this machine has no GPU
+    assert compute_dtype(spec, "cuda") == torch.bfloat16
+    assert compute_dtype(dataclasses.replace(spec, quantization="8bit"), "cpu") == torch.bfloat16
+    assert compute_dtype(dataclasses.replace(spec, dtype="bfloat16"), "cpu") == torch.bfloat16
+
+
 @pytest.mark.parametrize("quantization, min_cosine", [("8bit", 0.99), ("4bit", 0.85)])
 def test_quantized_loading_keeps_the_logits(spec, engine, quantization, min_cosine):
     """bitsandbytes on CPU: random weights make near-tied logits, so compare by cosine."""

@@ -27,6 +27,7 @@ def test_the_queue_defaults_to_one_per_model():
         ([{"name": "m", "path": "/x", "vision": "yes"}], "vision"),
         ([{"name": "bad name", "path": "/x"}], "name"),
         ([{"name": "m", "path": "/x", "temperature": 3}], "temperature"),
+        ([{"name": "m", "path": "/x", "dtype": "int3"}], "dtype"),
         ([{"name": "m", "path": "/x", "top_p": 0}], "top_p"),
         ([{"name": "m", "path": "/x"}, {"name": "m", "path": "/y"}], "same name"),
     ],

@@ -33,15 +33,17 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--quick", action="store_true", help="small and fast, on the tiny demo model")
         parser.add_argument("--skip-stack", action="store_true", help="leave out the socket-path comparison")
+        parser.add_argument("--model", help="another model folder or hub id (e.g. a bigger one on a GPU host)")
 
-    def handle(self, *args, quick: bool, skip_stack: bool, **options):
+    def handle(self, *args, quick: bool, skip_stack: bool, model: str | None, **options):
         call_command("build_demo_models", if_missing=True, bench=not quick, verbosity=0)
         name = "demo-chat" if quick else "bench-100m"
-        self.spec = ModelSpec(name=name, path=str(settings.DEMO_MODELS_DIR / name), max_context=4096,
-                              max_new_tokens=64)
+        path = model or str(settings.DEMO_MODELS_DIR / name)
+        name = "custom" if model else name
+        self.spec = ModelSpec(name=name, path=path, max_context=4096, max_new_tokens=64)
         self.new_tokens = 8 if quick else 64
         streams = [1, 2] if quick else [1, 4, 8, 16]
-        self.batch = BatchConfig(page_size=32, num_blocks=1024 if quick else 4096, max_batch_tokens=1024)
+        self.batch = BatchConfig(page_size=32, num_blocks=1024 if quick else 2048, max_batch_tokens=1024)
         results: dict[str, Any] = {"model": name, "quick": quick, "new_tokens": self.new_tokens,
                                    "dtype": "float32 on CPU, bfloat16 on CUDA (dtype auto)"}
         engine = Engine(load_model(self.spec), self.spec, self.batch)

@@ -115,6 +115,25 @@ class ChatInChromiumTests(ChannelsLiveServerTestCase):
         response = page.goto(conversation_url)
         assert response.status == 404
 
+    # Only the worker (in this process) reads max_new_tokens: the answer becomes long enough to stop.
+    @override_settings(DEEPSEEK_MODELS=[{**GREEDY_DEMO[0], "max_new_tokens": 1900}])
+    def test_stop_ends_a_streaming_answer_and_keeps_what_was_written(self):
+        page = self.page
+        self.sign_up("frank")
+        page.click("#start-chat")
+        page.wait_for_selector("body[data-socket=open]")
+        page.fill("#prompt", "Write a very long story")
+        page.press("#prompt", "Enter")
+        page.wait_for_selector(".message.assistant.streaming")
+        page.wait_for_function("document.querySelector('.message.assistant .content').textContent.length > 20")
+        page.click("#stop")
+        page.wait_for_selector(".message.assistant.cancelled", timeout=10_000)
+        assert page.inner_text(".message.assistant .notice") == "Stopped."
+        assert page.is_visible("#send") and not page.is_visible("#stop")
+        partial = page.inner_text(".message.assistant .content")
+        page.reload()
+        assert page.inner_text(".message.assistant .content") == partial and partial
+
     def test_shift_enter_makes_a_new_line_and_an_empty_message_is_not_sent(self):
         page = self.page
         self.sign_up("erin")

@@ -37,6 +37,7 @@ def _page(request: HttpRequest, conversation=None) -> HttpResponse:
         "conversation": conversation,
         "messages": messages,
         "model": spec,
+        "models": list(all_models().values()),  # only configured models are offered
         "initial_frames": [message_frame(m)["message"] for m in messages],
     }
     return render(request, "chat/chat.html", context)

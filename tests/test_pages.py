@@ -107,3 +107,22 @@ def test_the_page_shows_history_escaped_and_says_the_demo_model_is_noise(client,
 
 def test_healthz_answers_without_login(client):
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_new_chat_offers_only_the_configured_models(client, alice, settings, demo_model_path):
+    settings.DEEPSEEK_MODELS = [
+        {"name": "deepseek-chat", "path": str(demo_model_path), "demo": True},
+        {"name": "deepseek-reasoner", "path": str(demo_model_path), "reasoning": True},
+    ]
+    client.force_login(alice)
+    html = client.get("/").content.decode()
+    assert '<option value="deepseek-chat">' in html and '<option value="deepseek-reasoner">' in html
+    assert html.count("<option") == 2
+    response = client.post("/c/new/", {"model": "deepseek-reasoner"})
+    assert Conversation.objects.get(user=alice).model == "deepseek-reasoner"
+    assert response.status_code == 302
+
+
+def test_with_one_model_there_is_nothing_to_pick(client, alice):
+    client.force_login(alice)
+    assert "<select" not in client.get("/").content.decode()

@@ -52,6 +52,24 @@ def queue_for(queue: str, conversation_id: object) -> str:
     return private_queue(queue, max(workers, key=score))
 
 
+def rescue_orphans(client: redis.Redis, queue: str, now: float | None = None) -> int:
+    """Move tasks waiting on the private queues of workers gone silent back to the shared queue
+    (any live worker takes them), and forget those workers. Returns how many tasks moved."""
+    now = time.time() if now is None else now
+    moved = 0
+    for name in client.zrangebyscore(_key(queue), "-inf", now - LIVE_FOR_SECONDS):
+        hostname = name.decode()
+        # Claim the dead worker first, so two live workers do not both sweep its queue.
+        if not client.zrem(_key(queue), hostname):
+            continue
+        orphaned = private_queue(queue, hostname)
+        while client.lmove(orphaned, queue, "RIGHT", "LEFT") is not None:
+            moved += 1
+        if moved:
+            log.warning("moved %d queued answers of silent worker %s to %s", moved, hostname, queue)
+    return moved
+
+
 class Heartbeat:
     """Announces a worker on its models' queues until the process ends."""
 
@@ -71,7 +89,7 @@ class Heartbeat:
             now = time.time()
             for queue in self.queues:
                 client.zadd(_key(queue), {self.hostname: now})
-                client.zremrangebyscore(_key(queue), "-inf", now - 10 * LIVE_FOR_SECONDS)
+                rescue_orphans(client, queue, now)
         except redis.RedisError:
             log.warning("heartbeat to Redis failed", exc_info=True)
 

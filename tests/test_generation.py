@@ -229,3 +229,30 @@ async def test_a_conversation_is_routed_to_the_worker_holding_its_cache(worker, 
     answer_id, frames = await ask(socket, "Hello")
     assert frames[-1]["finish_reason"] in ("stop", "length") and (await row(answer_id)).status == "done"
     await socket.disconnect()
+
+
+def _queued_answer_for(conversation: Conversation) -> Message:
+    Message.objects.create(conversation=conversation, position=1, role="user", content="Hello?")
+    return Message.objects.create(conversation=conversation, position=2, role="assistant", status="pending")
+
+
+async def test_answers_queued_for_a_worker_that_went_silent_are_taken_by_a_live_one(worker, alice, broker):
+    from chat.actions import GENERATE_TASK
+    from inference.routing import LIVE_FOR_SECONDS, live_workers, private_queue
+
+    conversation = await new_conversation(alice)
+    answer = await database_sync_to_async(_queued_answer_for)(conversation)
+    # Given an answer waiting on the private queue of a worker that has not beaten for a while…
+    ghost_queue = private_queue(QUEUE, "ghost@nowhere")
+    broker.zadd(f"deepseek:workers:{QUEUE}", {"ghost@nowhere": time.time() - LIVE_FOR_SECONDS - 1})
+    await database_sync_to_async(celery_app.send_task)(GENERATE_TASK, args=[str(answer.id)], queue=ghost_queue)
+    assert broker.llen(ghost_queue) == 1
+    # …the live worker's next heartbeat moves it to the shared queue and answers it.
+    deadline = time.monotonic() + 20
+    saved = await row(answer.id)
+    while saved.status != "done" and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        saved = await row(answer.id)
+    assert saved.status == "done" and saved.content
+    assert broker.llen(ghost_queue) == 0 and "ghost@nowhere" not in live_workers(QUEUE)
+    assert broker.zscore(f"deepseek:workers:{QUEUE}", "ghost@nowhere") is None

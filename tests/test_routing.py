@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from inference.routing import LIVE_FOR_SECONDS, Heartbeat, live_workers, private_queue, queue_for
+from inference.routing import LIVE_FOR_SECONDS, Heartbeat, live_workers, private_queue, queue_for, rescue_orphans
 
 QUEUE = "model.routing-test"
 
@@ -52,3 +52,15 @@ def test_a_heartbeat_announces_and_a_clean_stop_leaves_at_once(workers):
     assert live_workers(QUEUE) == ["w1@host"]
     beat.stop()
     assert live_workers(QUEUE) == []
+
+
+def test_a_silent_workers_queued_tasks_move_to_the_shared_queue(workers, broker):
+    workers("dead@host", age=LIVE_FOR_SECONDS + 1)
+    workers("alive@host")
+    broker.delete(QUEUE, private_queue(QUEUE, "dead@host"))
+    broker.lpush(private_queue(QUEUE, "dead@host"), b"task-1", b"task-2")
+    assert rescue_orphans(broker, QUEUE) == 2
+    assert broker.llen(private_queue(QUEUE, "dead@host")) == 0
+    assert sorted(broker.lrange(QUEUE, 0, -1)) == [b"task-1", b"task-2"]
+    assert live_workers(QUEUE) == ["alive@host"] and broker.zscore(f"deepseek:workers:{QUEUE}", "dead@host") is None
+    broker.delete(QUEUE)

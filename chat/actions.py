@@ -101,6 +101,7 @@ def check_fits(spec: ModelSpec, content: str) -> None:
 class SentMessage:
     user_message: Message
     assistant_message: Message
+    title: str  # the conversation's title after this message (the first one names it)
 
 
 def do_send_message(
@@ -137,9 +138,10 @@ def do_send_message(
                 conversation=conversation, position=last + 2, role=Message.Role.ASSISTANT,
                 status=Message.Status.PENDING, created_at=now, updated_at=now,
             )
+            title = conversation.title or _title_from(content)
             if not conversation.title:
-                Conversation.objects.filter(id=conversation.id).update(title=_title_from(content))
-            sent = SentMessage(user_message, answer)
+                Conversation.objects.filter(id=conversation.id).update(title=title)
+            sent = SentMessage(user_message, answer, title)
             transaction.on_commit(lambda: _announce_and_enqueue(sent, spec.celery_queue, announce))
     except IntegrityError:
         # The partial unique index caught a concurrent send that passed the check above.

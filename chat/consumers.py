@@ -111,8 +111,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     def _announce(self, sent: actions.SentMessage) -> None:
         """Runs in the database thread after the commit, before the answer is queued."""
-        for message in (sent.user_message, sent.assistant_message):
-            events.publish(self.conversation_id, message_frame(message))
+        question = message_frame(sent.user_message)
+        question["message"]["conversation_title"] = sent.title  # open pages rename the chat
+        events.publish(self.conversation_id, question)
+        events.publish(self.conversation_id, message_frame(sent.assistant_message))
 
     async def _cmd_stop(self, frame: dict[str, Any]) -> None:
         cancelled = await database_sync_to_async(actions.do_request_stop)(self.scope["user"], frame.get("message_id"))

@@ -94,6 +94,9 @@ class ChatInChromiumTests(ChannelsLiveServerTestCase):
         page.fill("#prompt", "Hello from Chromium")
         page.press("#prompt", "Enter")
         page.wait_for_selector(".message.user >> text=Hello from Chromium")
+        # The first message names the conversation at once, without a reload.
+        page.wait_for_selector(".conversation-header h1 >> text=Hello from Chromium")
+        assert page.inner_text("#conversation-list li.current") == "Hello from Chromium"
         page.wait_for_selector(".message.assistant.streaming, .message.assistant.done")
         assert page.is_visible("#stop") or page.is_visible(".message.assistant.done")
         page.wait_for_selector(".message.assistant.done", timeout=60_000)

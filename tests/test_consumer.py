@@ -65,6 +65,7 @@ async def test_send_saves_both_messages_and_queues_the_answer(conversation, alic
     assert user_frame["type"] == answer_frame["type"] == "message"
     assert user_frame["message"]["role"] == "user" and user_frame["message"]["client_id"] == "c-1"
     assert user_frame["message"]["content"] == "Hello there" and user_frame["message"]["status"] == "done"
+    assert user_frame["message"]["conversation_title"] == "Hello there"
     assert answer_frame["message"]["role"] == "assistant" and answer_frame["message"]["status"] == "pending"
     rows = await database_sync_to_async(lambda: list(Message.objects.order_by("position").values_list(
         "role", "content", "status", "position")))()

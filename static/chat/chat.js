@@ -51,7 +51,16 @@ function setStatus(entry, status, notice) {
   }
 }
 
+function showTitle(title) {
+  const header = document.querySelector(".conversation-header h1");
+  const link = document.querySelector(`#conversation-list a[data-conversation-id="${conversationId}"]`);
+  if (header) header.textContent = title;
+  if (link) link.textContent = title;
+  document.title = `${title} · deepseek-web`;
+}
+
 function upsert(body) {
+  if (body.conversation_title) showTitle(body.conversation_title);
   const el = elementFor(body);
   const entry = messages.get(body.id) || { el, role: body.role, seq: 0 };
   entry.el = el;

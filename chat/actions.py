@@ -78,6 +78,8 @@ def check_content(content: Any) -> str:
         raise ChatError("invalid_frame", "content must be a string.")
     if not content.strip():
         raise ChatError("empty_message", "The message is empty.")
+    if "\x00" in content:
+        raise ChatError("invalid_content", "The message contains a NUL character, which cannot be stored.")
     if len(content) > settings.MAX_PROMPT_CHARS:
         raise ChatError(
             "prompt_too_long",

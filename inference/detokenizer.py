@@ -10,6 +10,8 @@ from typing import Any
 # A UTF-8 character is at most 4 bytes: text held back longer than this is not a character in
 # the making but invalid bytes (a random or broken model), and is released as U+FFFD.
 MAX_HELD_TOKENS = 4
+# A model can emit a NUL byte; no database text column takes it (PostgreSQL refuses it outright).
+NUL = "\x00"
 
 
 class IncrementalDetokenizer:
@@ -30,7 +32,7 @@ class IncrementalDetokenizer:
         held_too_long = len(self.ids) - self._read_offset >= MAX_HELD_TOKENS
         if len(text) > len(prefix) and (held_too_long or not text.endswith("\ufffd")):
             self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
-            return text[len(prefix) :]
+            return text[len(prefix) :].replace(NUL, "\ufffd")
         return ""
 
     def flush(self) -> str:
@@ -38,4 +40,4 @@ class IncrementalDetokenizer:
         prefix = self._decode(self.ids[self._prefix_offset : self._read_offset])
         text = self._decode(self.ids[self._prefix_offset :])
         self._prefix_offset = self._read_offset = len(self.ids)
-        return text[len(prefix) :] if len(text) > len(prefix) else ""
+        return text[len(prefix) :].replace(NUL, "\ufffd") if len(text) > len(prefix) else ""

@@ -68,7 +68,10 @@ def generate(message_id: str) -> None:
         writer.fail(str(exc))
     except Exception:
         log.exception("generation of %s failed", message_id)
-        writer.fail("The model failed while writing this answer; the partial answer was kept.")
+        try:
+            writer.fail("The model failed while writing this answer; the partial answer was kept.")
+        except Exception:  # e.g. the database is gone too: the row stays for a later sweep
+            log.exception("could not record the failure of %s", message_id)
     finally:
         writer.close()
 

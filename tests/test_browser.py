@@ -83,13 +83,17 @@ class ChatInChromiumTests(ChannelsLiveServerTestCase):
         page.click("button[type=submit]")
         page.wait_for_url(f"{self.live_server_url}/")
 
+    def start_chat(self, username: str) -> None:
+        """Sign up, open a new chat and wait until its socket is connected."""
+        self.sign_up(username)
+        self.page.click("#start-chat")
+        self.page.wait_for_url(re.compile(r".*/c/[0-9a-f-]{36}/$"))
+        self.page.wait_for_selector("body[data-socket=open]")
+
     def test_a_new_user_chats_sees_the_answer_stream_and_finds_it_after_reload(self):
         page = self.page
-        self.sign_up("carol")
-        page.click("#start-chat")
-        page.wait_for_url(re.compile(r".*/c/[0-9a-f-]{36}/$"))
+        self.start_chat("carol")
         conversation_url = page.url
-        page.wait_for_selector("body[data-socket=open]")
         page.evaluate(WATCH_ANSWER)
         page.fill("#prompt", "Hello from Chromium")
         page.press("#prompt", "Enter")
@@ -122,9 +126,7 @@ class ChatInChromiumTests(ChannelsLiveServerTestCase):
     @override_settings(DEEPSEEK_MODELS=[{**GREEDY_DEMO[0], "max_new_tokens": 1900}])
     def test_stop_ends_a_streaming_answer_and_keeps_what_was_written(self):
         page = self.page
-        self.sign_up("frank")
-        page.click("#start-chat")
-        page.wait_for_selector("body[data-socket=open]")
+        self.start_chat("frank")
         page.fill("#prompt", "Write a very long story")
         page.press("#prompt", "Enter")
         page.wait_for_selector(".message.assistant.streaming")
@@ -139,9 +141,7 @@ class ChatInChromiumTests(ChannelsLiveServerTestCase):
 
     def test_shift_enter_makes_a_new_line_and_an_empty_message_is_not_sent(self):
         page = self.page
-        self.sign_up("erin")
-        page.click("#start-chat")
-        page.wait_for_selector("body[data-socket=open]")
+        self.start_chat("erin")
         page.press("#prompt", "Enter")
         page.fill("#prompt", "line one")
         page.press("#prompt", "Shift+Enter")

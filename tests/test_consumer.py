@@ -134,6 +134,7 @@ BAD_FRAMES = [
     ({"type": "send", "content": ""}, "empty_message"),
     ({"type": "send", "content": "  \n\t "}, "empty_message"),
     ({"type": "send", "content": 42}, "invalid_frame"),
+    ({"type": "send", "content": "nul \u0000 byte"}, "invalid_content"),
     ({"type": "send", "content": "hi", "client_id": "x" * 65}, "invalid_frame"),
     ({"type": "send", "content": "hi", "attachments": "abc"}, "invalid_frame"),
     ({"type": "send", "content": "hi", "attachments": [str(uuid.uuid4())]}, "attachments_unsupported"),

@@ -90,6 +90,16 @@ def test_the_streamed_text_equals_the_decoded_tokens(engine):
     assert not any("\ufffd" in p for p in pieces)
 
 
+def test_a_nul_byte_from_the_model_never_reaches_the_text(engine):
+    """PostgreSQL refuses NUL in text columns; a random (or broken) model can emit the byte."""
+    nul = engine.tokenizer.convert_tokens_to_ids("Ā")  # byte-level BPE's symbol for byte 0x00
+    assert engine.tokenizer.decode([nul]) == "\x00"
+    detok = IncrementalDetokenizer(engine.tokenizer)
+    text = "".join(detok.push(t) for t in [nul, *engine.tokenizer("ok", add_special_tokens=False)["input_ids"]])
+    text += detok.flush()
+    assert "\x00" not in text and text == "\ufffdok"
+
+
 def test_invalid_bytes_are_not_held_back_until_the_end(engine):
     """A broken or random model may emit bytes that never form a character: release them."""
     lead_byte = engine.tokenizer("中", add_special_tokens=False)["input_ids"][0]

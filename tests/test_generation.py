@@ -34,9 +34,10 @@ def worker(demo_model_path, django_db_blocker):
 
 @pytest.fixture
 def long_answers(settings, demo_model_path):
-    """The demo model with room for long answers, so there is time to press Stop."""
+    """The demo model with room for long answers, so there is time to press Stop. Greedy, so the
+    answer never ends early on a sampled end-of-sentence token."""
     settings.DEEPSEEK_MODELS = [{"name": "deepseek-chat", "path": str(demo_model_path), "max_context": 2048,
-                                 "max_new_tokens": 1900, "demo": True}]
+                                 "max_new_tokens": 1900, "temperature": 0, "demo": True}]
 
 
 def deltas_of(frames, message_id):
@@ -132,8 +133,11 @@ async def test_stop_ends_the_answer_and_keeps_the_partial_text(worker, alice, br
 
 
 async def test_an_engine_crash_mid_answer_fails_the_message_keeps_the_text_and_recovers(
-    worker, alice, broker, monkeypatch
+    worker, alice, broker, monkeypatch, settings, demo_model_path
 ):
+    # Greedy: the demo model's answer never ends early, so the crash always lands mid-answer.
+    settings.DEEPSEEK_MODELS = [{"name": "deepseek-chat", "path": str(demo_model_path), "max_context": 2048,
+                                 "max_new_tokens": 96, "temperature": 0, "demo": True}]
     from transformers import Qwen2ForCausalLM
 
     real_forward = Qwen2ForCausalLM.forward

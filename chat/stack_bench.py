@@ -28,13 +28,6 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def engine_run(engine: Engine, ids: list[int], max_new: int, **params: Any) -> dict[str, Any]:
     """One greedy generation: time to first text, token arrival times, stats."""
     stats = GenerationStats()

@@ -6,7 +6,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -100,15 +99,7 @@ def ensure_redis(url: str) -> PrivateRedis | None:
     return PrivateRedis(port).start()
 
 
-_client_lock = threading.Lock()
-
-
 @lru_cache(maxsize=4)
-def _client_for(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-
-
 def shared_client(url: str) -> redis.Redis:
     """One pooled, thread-safe client per URL for the whole process."""
-    with _client_lock:
-        return _client_for(url)
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)

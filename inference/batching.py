@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 # Per-request temperature 0 (greedy) is emulated by a tiny temperature: the softmax becomes
 # one-hot on the argmax, so the shared sampler picks it.
 GREEDY_TEMPERATURE = 1e-4
-RESULT_TIMEOUT = 600.0
 
 
 class EngineCrashed(RuntimeError):

@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from deepseek_web.celery import app as celery_app
@@ -20,11 +20,13 @@ from inference.prompt_check import message_tokens, room_for_prompt
 from inference.registry import ModelSpec, UnknownModel, default_model, get_model
 from inference.routing import queue_for
 
-from . import liveness
+from . import liveness, threads
 from .models import Conversation, Message
 
 GENERATE_TASK = "inference.tasks.generate"
-TITLE_CHARS = 60
+TITLE_CHARS = 60  # an automatic title: the first message's first characters
+TITLE_MAX = 200  # a title the user gives (Conversation.title's length)
+SEARCH_MAX = 200
 
 
 class ChatError(Exception):
@@ -73,6 +75,15 @@ def do_create_conversation(user: AbstractBaseUser, model: str | None = None) -> 
     return Conversation.objects.create(user=user, model=spec.name)
 
 
+def _is_unicode(text: str) -> bool:
+    """False for lone surrogates (JSON allows "\\ud800"), which no database can store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_content(content: Any) -> str:
     if not isinstance(content, str):
         raise ChatError("invalid_frame", "content must be a string.")
@@ -80,6 +91,8 @@ def check_content(content: Any) -> str:
         raise ChatError("empty_message", "The message is empty.")
     if "\x00" in content:
         raise ChatError("invalid_content", "The message contains a NUL character, which cannot be stored.")
+    if not _is_unicode(content):
+        raise ChatError("invalid_content", "The message contains characters that are not valid Unicode.")
     if len(content) > settings.MAX_PROMPT_CHARS:
         raise ChatError(
             "prompt_too_long",
@@ -88,9 +101,9 @@ def check_content(content: Any) -> str:
     return content
 
 
-def check_fits(spec: ModelSpec, content: str) -> None:
+def check_fits(spec: ModelSpec, content: str, system_prompt: str = "") -> None:
     """Refuse, before anything is saved, a message that alone leaves no room for an answer."""
-    tokens = message_tokens(spec, content)
+    tokens = message_tokens(spec, content, system_prompt)
     if tokens is not None and tokens > room_for_prompt(spec):
         raise ChatError(
             "prompt_too_long",
@@ -101,9 +114,60 @@ def check_fits(spec: ModelSpec, content: str) -> None:
 
 @dataclass(frozen=True)
 class SentMessage:
-    user_message: Message
+    user_message: Message | None  # None for a regeneration (no new question)
     assistant_message: Message
     title: str  # the conversation's title after this message (the first one names it)
+
+
+BUSY = "An answer is still being written. Stop it or wait for it to finish."
+
+
+def _model_of(conversation: Conversation) -> ModelSpec:
+    try:
+        return get_model(conversation.model)
+    except UnknownModel:
+        raise ChatError("unknown_model", f"The model {conversation.model!r} is no longer configured.") from None
+
+
+def _branch_leaf(conversation: Conversation) -> Message | None:
+    """The last message of the branch on show (the one a new question follows)."""
+    nodes = list(conversation.messages.only("id", "parent_id", "position"))
+    leaf_id = conversation.current_leaf_id or threads.default_leaf(nodes)
+    return conversation.messages.filter(id=leaf_id).first() if leaf_id else None
+
+
+def _queue_answer(
+    conversation: Conversation, spec: ModelSpec, parent: Message | None, question: str | None,
+    client_id: str, announce: Callable[[SentMessage], None] | None,
+) -> SentMessage:
+    """Inside the caller's checks: save the question (if any) and a pending answer, and queue it."""
+    try:
+        with transaction.atomic():
+            now = timezone.now()
+            # Taking the conversation's row lock first serialises concurrent sends (both DBs).
+            Conversation.objects.filter(id=conversation.id).update(updated_at=now)
+            if conversation.messages.filter(status__in=Message.ACTIVE).exists():
+                raise ChatError("busy", BUSY)
+            last = conversation.messages.aggregate(last=Max("position"))["last"] or 0
+            user_message = None
+            if question is not None:
+                user_message = parent = Message.objects.create(
+                    conversation=conversation, position=last + 1, parent=parent, role=Message.Role.USER,
+                    content=question, client_id=client_id, created_at=now, updated_at=now,
+                )
+                last += 1
+            answer = Message.objects.create(
+                conversation=conversation, position=last + 1, parent=parent, role=Message.Role.ASSISTANT,
+                status=Message.Status.PENDING, created_at=now, updated_at=now,
+            )
+            title = conversation.title or _title_from(question or "")
+            Conversation.objects.filter(id=conversation.id).update(title=title, current_leaf=answer)
+            sent = SentMessage(user_message, answer, title)
+            transaction.on_commit(lambda: _announce_and_enqueue(sent, spec.celery_queue, announce))
+    except IntegrityError:
+        # The partial unique index caught a concurrent send that passed the check above.
+        raise ChatError("busy", BUSY) from None
+    return sent
 
 
 def do_send_message(
@@ -112,43 +176,94 @@ def do_send_message(
     content: Any,
     client_id: str = "",
     announce: Callable[[SentMessage], None] | None = None,
+    edit_of: Any = None,
 ) -> SentMessage:
     """Save the user's message and a pending answer, and queue the answer's generation.
 
-    After the commit, `announce` runs first and the task is queued second, so watchers hear of
-    the new messages before any of the answer's deltas can exist."""
+    The message follows the branch on show, or with `edit_of` becomes a new version of that
+    earlier user message (a sibling: the old branch stays). After the commit, `announce` runs
+    first and the task is queued second, so watchers hear of the new messages before any of the
+    answer's deltas can exist."""
     content = check_content(content)
     conversation = get_conversation(user, conversation_id)
-    try:
-        spec = get_model(conversation.model)
-    except UnknownModel:
-        raise ChatError("unknown_model", f"The model {conversation.model!r} is no longer configured.") from None
-    check_fits(spec, content)
-    try:
-        with transaction.atomic():
-            now = timezone.now()
-            # Taking the conversation's row lock first serialises concurrent sends (both DBs).
-            Conversation.objects.filter(id=conversation.id).update(updated_at=now)
-            if conversation.messages.filter(status__in=Message.ACTIVE).exists():
-                raise ChatError("busy", "An answer is still being written. Stop it or wait for it to finish.")
-            last = conversation.messages.aggregate(last=Max("position"))["last"] or 0
-            user_message = Message.objects.create(
-                conversation=conversation, position=last + 1, role=Message.Role.USER, content=content,
-                client_id=client_id, created_at=now, updated_at=now,
-            )
-            answer = Message.objects.create(
-                conversation=conversation, position=last + 2, role=Message.Role.ASSISTANT,
-                status=Message.Status.PENDING, created_at=now, updated_at=now,
-            )
-            title = conversation.title or _title_from(content)
-            if not conversation.title:
-                Conversation.objects.filter(id=conversation.id).update(title=title)
-            sent = SentMessage(user_message, answer, title)
-            transaction.on_commit(lambda: _announce_and_enqueue(sent, spec.celery_queue, announce))
-    except IntegrityError:
-        # The partial unique index caught a concurrent send that passed the check above.
-        raise ChatError("busy", "An answer is still being written. Stop it or wait for it to finish.") from None
-    return sent
+    spec = _model_of(conversation)
+    check_fits(spec, content, conversation.system_prompt)
+    if edit_of is not None:
+        edited = get_message(user, edit_of)
+        if edited.conversation_id != conversation.id or edited.role != Message.Role.USER:
+            raise ChatError("not_found", "No such message to edit.", message_id=edited.id)
+        parent = edited.parent
+    else:
+        parent = _branch_leaf(conversation)
+    return _queue_answer(conversation, spec, parent, content, client_id, announce)
+
+
+def do_regenerate(
+    user: AbstractBaseUser, conversation_id: Any, message_id: Any,
+    announce: Callable[[SentMessage], None] | None = None,
+) -> SentMessage:
+    """Write a new version of an answer; the earlier versions stay as its siblings."""
+    conversation = get_conversation(user, conversation_id)
+    answer = get_message(user, message_id)
+    if answer.conversation_id != conversation.id or answer.role != Message.Role.ASSISTANT:
+        raise ChatError("not_found", "No such answer to regenerate.", message_id=answer.id)
+    if answer.is_active:
+        raise ChatError("busy", BUSY, message_id=answer.id)
+    return _queue_answer(conversation, _model_of(conversation), answer.parent, None, "", announce)
+
+
+def do_select_version(user: AbstractBaseUser, conversation_id: Any, message_id: Any) -> Message:
+    """Show the branch through `message_id` (following the newest children below it)."""
+    conversation = get_conversation(user, conversation_id)
+    chosen = get_message(user, message_id)
+    if chosen.conversation_id != conversation.id:
+        raise ChatError("not_found", "No such message.", message_id=chosen.id)
+    nodes = list(conversation.messages.only("id", "parent_id", "position"))
+    leaf = conversation.messages.get(id=threads.newest_leaf_under(chosen.id, nodes))
+    Conversation.objects.filter(id=conversation.id).update(current_leaf=leaf)
+    return leaf
+
+
+def branch_messages(conversation: Conversation) -> list[Message]:
+    """The messages of the branch on show, oldest first."""
+    everything = list(conversation.messages.all())
+    return threads.path_to(conversation.current_leaf_id or threads.default_leaf(everything), everything)
+
+
+def check_title(title: Any) -> str:
+    if not isinstance(title, str):
+        raise ChatError("invalid_title", "The title must be text.")
+    title = " ".join(title.split())
+    if not title:
+        raise ChatError("invalid_title", "The title is empty.")
+    if "\x00" in title or not _is_unicode(title):
+        raise ChatError("invalid_title", "The title contains a NUL character or text that is not valid Unicode.")
+    if len(title) > TITLE_MAX:
+        raise ChatError("invalid_title", f"The title is {len(title)} characters long; the limit is {TITLE_MAX}.")
+    return title
+
+
+def do_rename(user: AbstractBaseUser, conversation_id: Any, title: Any) -> Conversation:
+    title = check_title(title)
+    conversation = get_conversation(user, conversation_id)
+    Conversation.objects.filter(id=conversation.id).update(title=title)
+    conversation.title = title
+    return conversation
+
+
+def do_delete_conversation(user: AbstractBaseUser, conversation_id: Any) -> None:
+    """Delete a conversation with its messages; a worker writing an answer finds its row gone
+    and stops."""
+    conversation = get_conversation(user, conversation_id)
+    conversation.delete()
+
+
+def search_conversations(user: AbstractBaseUser, query: str):
+    """The user's conversations whose title or any message contains `query` (case-insensitive)."""
+    query = query.strip()[:SEARCH_MAX]
+    matches = Q(title__icontains=query) | Q(messages__content__icontains=query)
+    ids = conversations_for(user).filter(matches).values("id")
+    return conversations_for(user).filter(id__in=ids)
 
 
 def _announce_and_enqueue(sent: SentMessage, queue: str, announce: Callable[[SentMessage], None] | None) -> None:

@@ -106,15 +106,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if attachments:
             raise ChatError("attachments_unsupported", "Image attachments are not supported yet.")
         await database_sync_to_async(actions.do_send_message)(
-            self.scope["user"], self.conversation_id, frame.get("content"), client_id, announce=self._announce
+            self.scope["user"], self.conversation_id, frame.get("content"), client_id, announce=self._announce,
+            edit_of=frame.get("edit_of"),  # an edit: the new message is a version of that one
         )
 
     def _announce(self, sent: actions.SentMessage) -> None:
         """Runs in the database thread after the commit, before the answer is queued."""
-        question = message_frame(sent.user_message)
-        question["message"]["conversation_title"] = sent.title  # open pages rename the chat
-        events.publish(self.conversation_id, question)
+        if sent.user_message is not None:
+            question = message_frame(sent.user_message)
+            question["message"]["conversation_title"] = sent.title  # open pages rename the chat
+            events.publish(self.conversation_id, question)
         events.publish(self.conversation_id, message_frame(sent.assistant_message))
+
+    async def _cmd_regenerate(self, frame: dict[str, Any]) -> None:
+        await database_sync_to_async(actions.do_regenerate)(
+            self.scope["user"], self.conversation_id, frame.get("message_id"), announce=self._announce
+        )
+
+    async def _cmd_select(self, frame: dict[str, Any]) -> None:
+        """Remember which version the page shows, so a reload shows the same branch."""
+        await database_sync_to_async(actions.do_select_version)(
+            self.scope["user"], self.conversation_id, frame.get("message_id")
+        )
 
     async def _cmd_stop(self, frame: dict[str, Any]) -> None:
         cancelled = await database_sync_to_async(actions.do_request_stop)(self.scope["user"], frame.get("message_id"))
@@ -133,7 +146,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not message.is_active:
             await self.send_json(done_frame(message))
 
-    COMMANDS = {"send": _cmd_send, "stop": _cmd_stop, "resume": _cmd_resume}
+    COMMANDS = {
+        "send": _cmd_send, "stop": _cmd_stop, "resume": _cmd_resume, "regenerate": _cmd_regenerate,
+        "select": _cmd_select,
+    }
 
     @database_sync_to_async
     def _owns_conversation(self) -> bool:

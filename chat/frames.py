@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .models import Message
+from .rendering import render_markdown
 
 
 def group_name(conversation_id: Any) -> str:
@@ -20,8 +21,15 @@ def message_frame(message: Message) -> dict[str, Any]:
         "finish_reason": message.finish_reason or None,
         "seq": message.seq,
         "position": message.position,
+        "parent_id": str(message.parent_id) if message.parent_id else None,
         "created_at": message.created_at.isoformat(),
     }
+    if message.role == Message.Role.ASSISTANT and not message.is_active:
+        # Finished answers come rendered (Markdown → sanitized HTML); while one streams, pages
+        # show its plain text, so no token makes anything re-parse.
+        body["html"] = render_markdown(message.content)
+    if message.status == Message.Status.FAILED and message.error:
+        body["error"] = message.error
     if message.client_id:
         body["client_id"] = message.client_id
     return {"type": "message", "message": body}

@@ -17,6 +17,16 @@ class Conversation(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     # Bumped on every new message, so the sidebar can list the most recent first.
     updated_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Per-conversation settings (validated by chat.forms); None means the model's default.
+    system_prompt = models.TextField(blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Messages form a tree (edits and regenerations are siblings); this is the leaf of the
+    # branch on show, so a reload shows the versions the user last picked.
+    current_leaf = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-updated_at"]
@@ -47,8 +57,11 @@ class Message(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
-    # 1, 2, 3… within the conversation; assigned under the conversation's row lock.
+    # 1, 2, 3… within the conversation in order of creation (across branches); assigned under
+    # the conversation's row lock.
     position = models.PositiveIntegerField()
+    # The message this one answers or follows; None for the first. Siblings are versions.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     reasoning = models.TextField(blank=True)

@@ -14,8 +14,8 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from . import events, liveness
-from .frames import delta_frame, done_frame, error_frame
+from . import events, liveness, threads
+from .frames import delta_frame, done_frame, error_frame, message_frame
 from .models import Message
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,10 @@ class ReplyJob:
     conversation_id: str
     model: str
     history: list[dict[str, str]]  # chat-template messages, oldest first, ending with the user's
+    # The conversation's settings; None means the model's default.
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
 
 
 def claim(message_id: str) -> ReplyJob | None:
@@ -40,15 +44,20 @@ def claim(message_id: str) -> ReplyJob | None:
         log.info("answer %s was not pending (deleted, cancelled or taken); skipping", message_id)
         return None
     answer = Message.objects.select_related("conversation").get(id=message_id)
-    earlier = (
-        Message.objects.filter(conversation_id=answer.conversation_id, position__lt=answer.position)
-        .exclude(role=Message.Role.ASSISTANT, content="")
-        .exclude(status=Message.Status.FAILED)
-        .order_by("position")
-        .values_list("role", "content")
+    conversation = answer.conversation
+    # The answer continues its own branch: its ancestors, not every earlier message.
+    nodes = Message.objects.filter(conversation_id=conversation.id).only(
+        "id", "parent_id", "position", "role", "content", "status"
     )
-    history = [{"role": role, "content": content} for role, content in earlier]
-    return ReplyJob(str(answer.id), str(answer.conversation_id), answer.conversation.model, history)
+    earlier = [
+        m for m in threads.path_to(answer.parent_id, nodes)
+        if not (m.role == Message.Role.ASSISTANT and not m.content) and m.status != Message.Status.FAILED
+    ]
+    history = [{"role": m.role, "content": m.content} for m in earlier]
+    if conversation.system_prompt:
+        history.insert(0, {"role": "system", "content": conversation.system_prompt})
+    return ReplyJob(str(answer.id), str(conversation.id), conversation.model, history,
+                    conversation.temperature, conversation.top_p, conversation.max_tokens)
 
 
 @dataclass
@@ -144,6 +153,8 @@ class ReplyWriter:
         message = Message.objects.get(id=self.job.message_id)
         if status == Message.Status.FAILED:
             self._publish(error_frame("generation_failed", error, message_id=message.id))
+        # The finished row once more, now with its rendered HTML (pages swap the plain text for it).
+        self._publish(message_frame(message))
         self._publish(done_frame(message))
         return message
 

@@ -24,12 +24,15 @@ def _tokenizer(path: str) -> Any:
         return None
 
 
-def message_tokens(spec: ModelSpec, content: str) -> int | None:
-    """Tokens the message takes as a single-turn prompt; None when the tokenizer is unavailable."""
+def message_tokens(spec: ModelSpec, content: str, system_prompt: str = "") -> int | None:
+    """Tokens the message takes as a single-turn prompt (after the system prompt, if any);
+    None when the tokenizer is unavailable."""
     tokenizer = _tokenizer(spec.path)
     if tokenizer is None:
         return None
-    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+    turn = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    turn.append({"role": "user", "content": content})
+    text = tokenizer.apply_chat_template(turn, tokenize=False,
                                          add_generation_prompt=True, enable_thinking=spec.reasoning)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 

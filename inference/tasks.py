@@ -46,7 +46,12 @@ def generate(message_id: str) -> None:
     try:
         spec = get_model(job.model)
         engine = engine_for(spec)
-        params = SamplingParams(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_p=spec.top_p)
+        params = SamplingParams(
+            # The conversation may ask for fewer tokens than the operator allows, never more.
+            max_new_tokens=min(job.max_tokens or spec.max_new_tokens, spec.max_new_tokens),
+            temperature=spec.temperature if job.temperature is None else job.temperature,
+            top_p=spec.top_p if job.top_p is None else job.top_p,
+        )
         prompt_ids = engine.encode_chat(job.history, params.max_new_tokens, conversation=job.conversation_id)
         writer.start(len(prompt_ids))
         stats = GenerationStats()

@@ -236,8 +236,9 @@ async def test_a_conversation_is_routed_to_the_worker_holding_its_cache(worker, 
 
 
 def _queued_answer_for(conversation: Conversation) -> Message:
-    Message.objects.create(conversation=conversation, position=1, role="user", content="Hello?")
-    return Message.objects.create(conversation=conversation, position=2, role="assistant", status="pending")
+    question = Message.objects.create(conversation=conversation, position=1, role="user", content="Hello?")
+    return Message.objects.create(conversation=conversation, position=2, role="assistant", status="pending",
+                                  parent=question)
 
 
 async def test_answers_queued_for_a_worker_that_went_silent_are_taken_by_a_live_one(worker, alice, broker):

@@ -1,10 +1,16 @@
 """Chat pages."""
-from django.urls import path
+from django.urls import path, re_path
 
 from . import views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("c/new/", views.new_conversation, name="new_conversation"),
+    path("c/import/", views.import_conversation, name="import_conversation"),
     path("c/<uuid:conversation_id>/", views.conversation, name="conversation"),
+    path("c/<uuid:conversation_id>/rename/", views.rename, name="rename_conversation"),
+    path("c/<uuid:conversation_id>/delete/", views.delete, name="delete_conversation"),
+    path("c/<uuid:conversation_id>/settings/", views.update_settings, name="conversation_settings"),
+    re_path(r"^c/(?P<conversation_id>[0-9a-f-]{36})/export\.(?P<ext>md|json)$", views.export,
+            name="export_conversation"),
 ]

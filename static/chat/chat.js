@@ -1,6 +1,12 @@
-// The conversation page: one WebSocket, frames from DESIGN.md, text rendered as plain text.
+// The conversation page: one WebSocket (frames from DESIGN.md), the branch on show, versions.
+// Finished answers arrive as server-rendered, sanitized HTML; text still streaming is shown as
+// plain text in its own element, so a token never makes the page re-render anything else.
+import { childrenOf, defaultLeaf, newestLeafUnder, pathTo } from "./thread.js";
+
 const script = document.getElementById("chat-script");
 const conversationId = script.dataset.conversationId;
+const state = JSON.parse(document.getElementById("initial-state").textContent);
+const t = JSON.parse(document.getElementById("ui-strings").textContent);
 const list = document.getElementById("messages");
 const form = document.getElementById("composer");
 const prompt = document.getElementById("prompt");
@@ -9,51 +15,177 @@ const stopButton = document.getElementById("stop");
 const errorBox = document.getElementById("error");
 const connectionBox = document.getElementById("connection");
 
-// message id -> {el, role, status, seq}
-const messages = new Map();
+const ACTIVE = new Set(["pending", "streaming"]);
+// id -> {id, parent_id, position, role, status, seq, content, reasoning, html, error, el, ...}
+const nodes = new Map();
+let leafId = state.current_leaf;
+let activeId = null; // the answer being written, if any (in any branch)
 let socket = null;
 let retries = 0;
-let activeId = null; // the assistant message being written, if any
 
-function elementFor(body) {
-  let el = list.querySelector(`[data-message-id="${body.id}"]`);
-  if (!el && body.client_id) el = list.querySelector(`[data-client-id="${CSS.escape(body.client_id)}"]`);
-  if (!el) {
-    el = document.createElement("article");
-    const role = document.createElement("div");
-    role.className = "role";
-    role.textContent = body.role === "user" ? "You" : "Assistant";
-    const content = document.createElement("div");
-    content.className = "content";
-    el.append(role, content);
-    list.append(el);
-  }
-  el.dataset.messageId = body.id;
+// ---- elements -------------------------------------------------------------------------------
+function button(label, className, onClick, ariaLabel) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = label;
+  if (ariaLabel) b.setAttribute("aria-label", ariaLabel);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function build(node) {
+  const el = document.createElement("article");
+  el.dataset.messageId = node.id;
+  const role = document.createElement("div");
+  role.className = "role";
+  role.textContent = node.role === "user" ? t.you : t.assistant;
+  const content = document.createElement("div");
+  content.className = "content";
+  const tools = document.createElement("div");
+  tools.className = "message-tools";
+  el.append(role, content, tools);
+  node.el = el;
+  node.contentEl = content;
+  node.toolsEl = tools;
   return el;
 }
 
-function setStatus(entry, status, notice) {
-  entry.status = status;
-  entry.el.className = `message ${entry.role} ${status}`;
-  entry.el.querySelector(".notice")?.remove();
+function thinkingFor(node) {
+  if (node.thinkingEl) return node.thinkingEl;
+  const details = document.createElement("details");
+  details.className = "thinking";
+  details.open = true;
+  const summary = document.createElement("summary");
+  summary.textContent = t.thinking;
+  const text = document.createElement("div");
+  text.className = "reasoning-text";
+  text.append(document.createTextNode(""));
+  details.append(summary, text);
+  node.el.insertBefore(details, node.contentEl);
+  node.thinkingEl = details;
+  return details;
+}
+
+function showReasoning(node) {
+  if (!node.reasoning) return;
+  const details = thinkingFor(node);
+  details.querySelector(".reasoning-text").firstChild.data = node.reasoning;
+  // Thinking streams open; once the answer itself starts it folds away (the user can reopen it).
+  const answering = !!node.content || !ACTIVE.has(node.status);
+  if (answering && !node.foldedOnce) {
+    details.open = false;
+    node.foldedOnce = true;
+  }
+  details.querySelector("summary").textContent = ACTIVE.has(node.status) && !node.content ? t.thinking : t.thought;
+}
+
+function addCopyButtons(container) {
+  for (const block of container.querySelectorAll(".code-block")) {
+    if (block.querySelector(".copy-code")) continue;
+    const code = block.querySelector("pre");
+    block.prepend(button(t.copy_code, "copy-code secondary", (e) => copyText(code.innerText, e.currentTarget)));
+  }
+}
+
+function showContent(node) {
+  const el = node.contentEl;
+  if (node.role === "assistant" && node.html !== undefined && !ACTIVE.has(node.status)) {
+    el.className = "content rendered";
+    el.innerHTML = node.html; // rendered and sanitized by the server (chat/rendering.py)
+    addCopyButtons(el);
+    node.textNode = null;
+  } else {
+    el.className = "content plain";
+    el.textContent = "";
+    node.textNode = document.createTextNode(node.content || "");
+    el.append(node.textNode);
+  }
+  showReasoning(node);
+}
+
+function showStatus(node) {
+  node.el.className = `message ${node.role} ${node.status}`;
+  node.el.querySelector(".notice")?.remove();
+  const notice = { failed: node.error || t.failed, cancelled: t.stopped }[node.status]
+    || (node.finish_reason === "content_filter" ? t.filtered : "");
   if (notice) {
     const n = document.createElement("div");
     n.className = "notice";
     n.textContent = notice;
-    entry.el.append(n);
+    node.contentEl.after(n);
   }
-  if (entry.role === "assistant") {
-    const running = status === "pending" || status === "streaming";
-    if (running) activeId = entry.el.dataset.messageId;
-    else if (activeId === entry.el.dataset.messageId) activeId = null;
-    sendButton.hidden = !!activeId;
-    stopButton.hidden = !activeId;
+  showTools(node);
+}
+
+function showTools(node) {
+  const tools = node.toolsEl;
+  tools.textContent = "";
+  const siblings = childrenOf(node.parent_id, nodes).filter((s) => s.role === node.role);
+  if (siblings.length > 1) {
+    const index = siblings.findIndex((s) => s.id === node.id);
+    const versions = document.createElement("span");
+    versions.className = "versions";
+    const label = document.createElement("span");
+    label.className = "version-label";
+    label.textContent = `${index + 1}/${siblings.length}`;
+    label.setAttribute("aria-label", `${t.version} ${index + 1}/${siblings.length}`);
+    const prev = button("‹", "icon version-prev", () => selectVersion(siblings[index - 1]), t.previous_version);
+    const next = button("›", "icon version-next", () => selectVersion(siblings[index + 1]), t.next_version);
+    prev.disabled = index === 0;
+    next.disabled = index === siblings.length - 1;
+    versions.append(prev, label, next);
+    tools.append(versions);
   }
+  if (ACTIVE.has(node.status)) return;
+  tools.append(button(t.copy, "secondary copy-message", (e) => copyText(node.content, e.currentTarget)));
+  if (node.role === "assistant") tools.append(button(t.regenerate, "secondary regenerate", () => regenerate(node)));
+  if (node.role === "user") tools.append(button(t.edit, "secondary edit", () => startEdit(node)));
+}
+
+// ---- the branch on show ---------------------------------------------------------------------
+function renderThread() {
+  const path = pathTo(leafId, nodes);
+  const fragment = document.createDocumentFragment();
+  for (const node of path) {
+    if (!node.el) {
+      build(node);
+      showContent(node);
+    }
+    showStatus(node);
+    fragment.append(node.el);
+  }
+  list.replaceChildren(fragment);
+  scrollToEnd(true);
+}
+
+function selectVersion(sibling) {
+  if (!sibling) return;
+  leafId = newestLeafUnder(sibling.id, nodes);
+  renderThread();
+  send({ type: "select", message_id: sibling.id });
+}
+
+function nearBottom() {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+}
+
+function scrollToEnd(force) {
+  if (force || nearBottom()) list.scrollTop = list.scrollHeight;
+}
+
+// ---- frames ---------------------------------------------------------------------------------
+function setActive() {
+  activeId = null;
+  for (const node of nodes.values()) if (node.role === "assistant" && ACTIVE.has(node.status)) activeId = node.id;
+  sendButton.hidden = !!activeId;
+  stopButton.hidden = !activeId;
+  for (const b of list.querySelectorAll(".regenerate, .edit")) b.disabled = !!activeId;
 }
 
 function showTitle(title) {
-  const header = document.querySelector(".conversation-header h1");
-  const link = document.querySelector(`#conversation-list a[data-conversation-id="${conversationId}"]`);
+  const header = document.getElementById("conversation-title");
+  const link = document.querySelector(`.conversation-link[data-conversation-id="${conversationId}"]`);
   if (header) header.textContent = title;
   if (link) link.textContent = title;
   document.title = `${title} · deepseek-web`;
@@ -61,22 +193,65 @@ function showTitle(title) {
 
 function upsert(body) {
   if (body.conversation_title) showTitle(body.conversation_title);
-  const el = elementFor(body);
-  const entry = messages.get(body.id) || { el, role: body.role, seq: 0 };
-  entry.el = el;
-  messages.set(body.id, entry);
-  // The row is the source of truth: take its text unless we already streamed past it.
-  if (body.seq >= entry.seq) {
-    entry.seq = body.seq;
-    el.querySelector(".content").textContent = body.content;
+  let node = nodes.get(body.id);
+  const isNew = !node;
+  if (isNew) {
+    node = { seq: 0 };
+    nodes.set(body.id, node);
   }
-  setStatus(entry, body.status, body.status === "failed" ? "This answer failed." : body.status === "cancelled" ? "Stopped." : "");
-  el.scrollIntoView({ block: "end" });
+  const wasOnPath = !isNew && node.el?.isConnected;
+  // The row is the source of truth: take its text unless we already streamed past it.
+  const fresher = body.seq >= node.seq;
+  Object.assign(node, {
+    id: body.id, parent_id: body.parent_id || null, position: body.position, role: body.role,
+    status: body.status, finish_reason: body.finish_reason, error: body.error,
+  });
+  if (fresher) Object.assign(node, { seq: body.seq, content: body.content, reasoning: body.reasoning, html: body.html });
+  if (isNew) {
+    const appendsToBranch = (node.parent_id || null) === (leafId || null) || !leafId;
+    leafId = node.id; // a new message (ours or from another tab) is what the user wants to see
+    if (appendsToBranch) {
+      // Refresh the parent's and siblings' tools only when it is a new version somewhere.
+      build(node);
+      showContent(node);
+      showStatus(node);
+      list.append(node.el);
+    } else {
+      renderThread();
+    }
+  } else if (node.el) {
+    if (fresher) showContent(node);
+    showStatus(node);
+  }
+  if (isNew || wasOnPath) scrollToEnd(isNew);
+  setActive();
 }
 
-function showError(text) {
-  errorBox.textContent = text;
-  errorBox.hidden = !text;
+function onDelta(frame) {
+  let node = nodes.get(frame.message_id);
+  if (!node) return; // not announced to us: a later resume or reload shows it
+  if (frame.seq <= node.seq) return; // already have it (from the row or a repeat)
+  if (frame.seq !== node.seq + 1) {
+    // A gap: frames are at-most-once, so re-read the row and continue from there.
+    send({ type: "resume", message_id: frame.message_id, after_seq: node.seq });
+    return;
+  }
+  node.seq = frame.seq;
+  if (frame.reasoning) {
+    node.reasoning = (node.reasoning || "") + frame.reasoning;
+    if (node.el) showReasoning(node);
+  }
+  if (frame.content) {
+    const first = !node.content;
+    node.content = (node.content || "") + frame.content;
+    if (node.textNode) node.textNode.appendData(frame.content);
+    if (first && node.el) showReasoning(node);
+  }
+  if (node.status === "pending") {
+    node.status = "streaming";
+    if (node.el) showStatus(node);
+  }
+  scrollToEnd(false);
 }
 
 function onFrame(frame) {
@@ -84,38 +259,37 @@ function onFrame(frame) {
     case "message":
       upsert(frame.message);
       break;
-    case "delta": {
-      let entry = messages.get(frame.message_id);
-      if (!entry) {
-        upsert({ id: frame.message_id, role: "assistant", content: "", status: "streaming", seq: 0 });
-        entry = messages.get(frame.message_id);
-      }
-      if (frame.seq <= entry.seq) return; // already have it (from the row or a repeat)
-      if (frame.seq !== entry.seq + 1) {
-        // A gap: frames are at-most-once, so re-read the row and continue from there.
-        send({ type: "resume", message_id: frame.message_id, after_seq: entry.seq });
-        return;
-      }
-      entry.seq = frame.seq;
-      entry.el.querySelector(".content").textContent += frame.content;
-      if (entry.status === "pending") setStatus(entry, "streaming");
-      entry.el.scrollIntoView({ block: "end" });
+    case "delta":
+      onDelta(frame);
       break;
-    }
     case "done": {
-      const entry = messages.get(frame.message_id);
-      if (!entry) return;
-      const status = { stop: "done", length: "done", cancelled: "cancelled", error: "failed", content_filter: "done" }[frame.finish_reason] || "done";
-      setStatus(entry, status, status === "failed" ? (entry.errorText || "This answer failed.") : status === "cancelled" ? "Stopped." : "");
+      const node = nodes.get(frame.message_id);
+      if (!node) return;
+      const status = { cancelled: "cancelled", error: "failed" }[frame.finish_reason] || "done";
+      if (ACTIVE.has(node.status)) {
+        node.status = status;
+        node.finish_reason = frame.finish_reason;
+        if (node.el) {
+          showContent(node);
+          showStatus(node);
+        }
+      }
+      setActive();
       break;
     }
     case "error": {
-      const entry = frame.message_id && messages.get(frame.message_id);
-      if (entry) entry.errorText = frame.message;
+      const node = frame.message_id && nodes.get(frame.message_id);
+      if (node && frame.code === "generation_failed") node.error = frame.message;
       showError(frame.message);
       break;
     }
   }
+}
+
+// ---- commands -------------------------------------------------------------------------------
+function showError(text) {
+  errorBox.textContent = text;
+  errorBox.hidden = !text;
 }
 
 function send(frame) {
@@ -123,39 +297,96 @@ function send(frame) {
     socket.send(JSON.stringify(frame));
     return true;
   }
-  showError("Not connected; reconnecting…");
+  showError(t.not_connected);
   return false;
 }
 
+function submit() {
+  const content = prompt.value;
+  if (!content.trim() || activeId) return;
+  if (!send({ type: "send", content, attachments: [], client_id: crypto.randomUUID() })) return;
+  showError("");
+  prompt.value = "";
+}
+
+function regenerate(node) {
+  if (activeId) return;
+  if (send({ type: "regenerate", message_id: node.id })) showError("");
+}
+
+function startEdit(node) {
+  if (activeId || node.el.querySelector(".edit-box")) return;
+  const box = document.createElement("form");
+  box.className = "edit-box";
+  const area = document.createElement("textarea");
+  area.value = node.content;
+  area.rows = Math.min(12, Math.max(2, node.content.split("\n").length));
+  area.setAttribute("aria-label", t.edit_label);
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.className = "save-edit";
+  save.textContent = t.save_and_send;
+  const cancel = button(t.cancel, "secondary cancel-edit", () => box.remove());
+  box.append(area, save, cancel);
+  box.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const content = area.value;
+    if (!content.trim() || activeId) return;
+    if (send({ type: "send", content, attachments: [], client_id: crypto.randomUUID(), edit_of: node.id })) {
+      box.remove();
+      showError("");
+    }
+  });
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") box.remove();
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+      event.preventDefault();
+      box.requestSubmit();
+    }
+  });
+  node.contentEl.after(box);
+  area.focus();
+}
+
+async function copyText(text, target) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    // Not a secure context (plain http on a LAN name): fall back to a selection copy.
+    const area = document.createElement("textarea");
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  const before = target.textContent;
+  target.textContent = t.copied;
+  setTimeout(() => { target.textContent = before; }, 1500);
+}
+
+// ---- the socket -----------------------------------------------------------------------------
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}/ws/chat/${conversationId}/`);
   socket.addEventListener("open", () => {
     retries = 0;
     connectionBox.hidden = true;
+    if (errorBox.textContent === t.not_connected) showError("");
     document.body.dataset.socket = "open";
-    // After a reconnect, catch up on an answer that was being written.
-    if (activeId) send({ type: "resume", message_id: activeId, after_seq: messages.get(activeId).seq });
+    // After a reload or reconnect, catch up on an answer that was being written.
+    if (activeId) send({ type: "resume", message_id: activeId, after_seq: nodes.get(activeId).seq });
   });
   socket.addEventListener("message", (event) => onFrame(JSON.parse(event.data)));
   socket.addEventListener("close", (event) => {
     document.body.dataset.socket = "closed";
     if (event.code === 4401) { location.href = "/accounts/login/"; return; }
-    if (event.code === 4403) { showError("This conversation is not available."); return; }
+    if (event.code === 4403) { showError(t.unavailable); return; }
     const delay = Math.min(10000, 500 * 2 ** retries++);
-    connectionBox.textContent = `Offline — reconnecting in ${Math.round(delay / 1000)} s…`;
+    connectionBox.textContent = t.offline.replace("%(seconds)s", String(Math.max(1, Math.round(delay / 1000))));
     connectionBox.hidden = false;
     setTimeout(connect, delay);
   });
-}
-
-function submit() {
-  const content = prompt.value;
-  if (!content.trim() || activeId) return;
-  const clientId = crypto.randomUUID();
-  if (!send({ type: "send", content, attachments: [], client_id: clientId })) return;
-  showError("");
-  prompt.value = "";
 }
 
 form.addEventListener("submit", (event) => { event.preventDefault(); submit(); });
@@ -168,5 +399,12 @@ prompt.addEventListener("keydown", (event) => {
 });
 stopButton.addEventListener("click", () => activeId && send({ type: "stop", message_id: activeId }));
 
-for (const body of JSON.parse(document.getElementById("initial-messages").textContent)) upsert(body);
+for (const body of state.messages) {
+  nodes.set(body.id, {
+    ...body, parent_id: body.parent_id || null, seq: body.seq,
+  });
+}
+if (!leafId || !nodes.has(leafId)) leafId = defaultLeaf(nodes);
+renderThread();
+setActive();
 connect();

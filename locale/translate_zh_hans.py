@@ -1,0 +1,120 @@
+"""Fills locale/zh_Hans/LC_MESSAGES/django.po from the table below and compiles the .mo.
+
+Run after `manage.py makemessages -l zh_Hans` (see the README, "Translations"); an msgid with no
+entry here stays untranslated and the test suite says which.
+"""
+from pathlib import Path
+
+import polib
+
+ZH_HANS = {
+    "The text contains a NUL character, which cannot be stored.": "文本包含无法保存的 NUL 字符。",
+    "Model": "模型",
+    "System prompt": "系统提示词",
+    "Temperature": "温度",
+    "Top p": "Top p",
+    "Max tokens": "最大 token 数",
+    "%(model)s writes at most %(limit)d tokens per answer.": "%(model)s 每个回答最多生成 %(limit)d 个 token。",
+    "You": "你",
+    "Assistant": "助手",
+    "Thinking": "思考中",
+    "Thought": "思考过程",
+    "Stopped.": "已停止。",
+    "This answer failed.": "此回答生成失败。",
+    "This answer was withheld by the content filter.": "此回答已被内容过滤器拦截。",
+    "Copy": "复制",
+    "Copied": "已复制",
+    "Copy code": "复制代码",
+    "Regenerate": "重新生成",
+    "Edit": "编辑",
+    "Save & send": "保存并发送",
+    "Cancel": "取消",
+    "Previous version": "上一个版本",
+    "Next version": "下一个版本",
+    "Version": "版本",
+    "Not connected; reconnecting…": "未连接，正在重新连接…",
+    "Offline — reconnecting in %(seconds)s s…": "已离线 — %(seconds)s 秒后重新连接…",
+    "This conversation is not available.": "此对话不可用。",
+    "Rename": "重命名",
+    "Could not rename the conversation.": "无法重命名此对话。",
+    "Conversation title": "对话标题",
+    "Edit your message": "编辑你的消息",
+    "Theme: system": "主题：跟随系统",
+    "Theme: dark": "主题：深色",
+    "Theme: light": "主题：浅色",
+    "Today": "今天",
+    "Yesterday": "昨天",
+    "Earlier": "更早",
+    "The conversation was deleted.": "对话已删除。",
+    "Settings saved.": "设置已保存。",
+    "Choose a JSON file exported from deepseek-web.": "请选择从 deepseek-web 导出的 JSON 文件。",
+    "The file is too large to import.": "文件太大，无法导入。",
+    "Skip to the message box": "跳到消息输入框",
+    "Conversations": "对话",
+    "Model for the new chat": "新对话使用的模型",
+    "New chat": "新对话",
+    "Close the conversation list": "关闭对话列表",
+    "Search conversations": "搜索对话",
+    "Search titles and messages": "搜索标题和消息",
+    "Search": "搜索",
+    "Results for “%(query)s”": "“%(query)s”的搜索结果",
+    "Clear": "清除",
+    "Delete": "删除",
+    "No conversation matches.": "没有匹配的对话。",
+    "No conversations yet.": "还没有对话。",
+    "Import a conversation (JSON export)": "导入对话（JSON 导出文件）",
+    "Import": "导入",
+    "Theme": "主题",
+    "Log out": "退出登录",
+    "Open the conversation list": "打开对话列表",
+    "Demo model in use.": "正在使用演示模型。",
+    "“%(name)s” has random weights, so its answers are noise — every part of the path (tokenizer, chat template, "
+    "streaming) is real. To serve a real model, set <code>DEEPSEEK_MODELS</code> to a Hugging Face id or local "
+    "path (see the README).":
+        "“%(name)s”的权重是随机的，所以它的回答是噪声——但整条链路（分词器、对话模板、流式输出）都是真实的。"
+        "要使用真实模型，请把 <code>DEEPSEEK_MODELS</code> 设为 Hugging Face 模型 ID 或本地路径（见 README）。",
+    "Conversation actions": "对话操作",
+    "Export Markdown": "导出 Markdown",
+    "Export JSON": "导出 JSON",
+    "Settings": "设置",
+    "Leave a number empty to use the model's default.": "数值留空则使用模型的默认值。",
+    "Save settings": "保存设置",
+    "Messages": "消息",
+    "Message": "消息",
+    "Message %(name)s (Enter to send, Shift+Enter for a new line)":
+        "给 %(name)s 发消息（Enter 发送，Shift+Enter 换行）",
+    "Send": "发送",
+    "Stop": "停止",
+    "What can I help with?": "有什么可以帮你的？",
+    "Start a new chat": "开始新对话",
+    "Delete this conversation?": "删除此对话？",
+    "Its messages and uploads are deleted too. This cannot be undone.":
+        "其中的消息和上传的文件也会被删除，且无法恢复。",
+    "Language": "语言",
+    "Apply": "应用",
+    "Log in": "登录",
+    "Your username and password didn't match. Please try again.": "用户名或密码不正确，请重试。",
+    "Username": "用户名",
+    "Password": "密码",
+    "No account yet?": "还没有账号？",
+    "Sign up": "注册",
+    "Create an account": "创建账号",
+    "Already have an account?": "已有账号？",
+}
+
+if __name__ == "__main__":
+    folder = Path(__file__).resolve().parent / "zh_Hans" / "LC_MESSAGES"
+    catalogue = polib.pofile(str(folder / "django.po"))
+    missing = []
+    for entry in catalogue:
+        if entry.msgid in ZH_HANS:
+            entry.msgstr = ZH_HANS[entry.msgid]
+            if "fuzzy" in entry.flags:
+                entry.flags.remove("fuzzy")
+        elif not entry.msgstr:
+            missing.append(entry.msgid)
+    catalogue.metadata["Language"] = "zh_Hans"
+    catalogue.metadata["Content-Type"] = "text/plain; charset=UTF-8"
+    catalogue.save()
+    catalogue.save_as_mofile(str(folder / "django.mo"))
+    print(f"{len(catalogue) - len(missing)} translated, {len(missing)} missing", *missing, sep="\n")

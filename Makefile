@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/python -m deepseek_web.stack
 
+# Chromium for the browser tests, and CJK fonts so the zh-hans screenshots show characters.
 /usr/bin/chromium:
-	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-noto-cjk
 
 test: $(STAMP) /usr/bin/chromium
 	$(BIN)/python -m pytest

@@ -14,6 +14,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from deepseek_web.celery import app as celery_app
 from inference.prompt_check import message_tokens, room_for_prompt
@@ -39,11 +41,14 @@ class ChatError(Exception):
         self.message_id = message_id
 
 
+ID_KINDS = (gettext_noop("conversation"), gettext_noop("message"))
+
+
 def _parse_uuid(value: Any, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(value))
     except (TypeError, ValueError, AttributeError):
-        raise ChatError("invalid_id", f"{what} is not a valid id.") from None
+        raise ChatError("invalid_id", _("The %(what)s id is not valid.") % {"what": _(what)}) from None
 
 
 def conversations_for(user: AbstractBaseUser):
@@ -52,26 +57,26 @@ def conversations_for(user: AbstractBaseUser):
 
 def get_conversation(user: AbstractBaseUser, conversation_id: Any) -> Conversation:
     """The user's conversation, or ChatError("not_found") for anything else (no existence leak)."""
-    cid = _parse_uuid(conversation_id, "Conversation")
+    cid = _parse_uuid(conversation_id, "conversation")
     try:
         return conversations_for(user).get(id=cid)
     except Conversation.DoesNotExist:
-        raise ChatError("not_found", "No such conversation.") from None
+        raise ChatError("not_found", _("No such conversation.")) from None
 
 
 def get_message(user: AbstractBaseUser, message_id: Any) -> Message:
-    mid = _parse_uuid(message_id, "Message")
+    mid = _parse_uuid(message_id, "message")
     try:
         return Message.objects.select_related("conversation").get(id=mid, conversation__user=user)
     except Message.DoesNotExist:
-        raise ChatError("not_found", "No such message.", message_id=mid) from None
+        raise ChatError("not_found", _("No such message."), message_id=mid) from None
 
 
 def do_create_conversation(user: AbstractBaseUser, model: str | None = None) -> Conversation:
     try:
         spec = get_model(model) if model else default_model()
     except UnknownModel:
-        raise ChatError("unknown_model", f"No model named {model!r} is configured.") from None
+        raise ChatError("unknown_model", _("No model named “%(model)s” is configured.") % {"model": model}) from None
     return Conversation.objects.create(user=user, model=spec.name)
 
 
@@ -86,17 +91,18 @@ def _is_unicode(text: str) -> bool:
 
 def check_content(content: Any) -> str:
     if not isinstance(content, str):
-        raise ChatError("invalid_frame", "content must be a string.")
+        raise ChatError("invalid_frame", _("content must be a string."))
     if not content.strip():
-        raise ChatError("empty_message", "The message is empty.")
+        raise ChatError("empty_message", _("The message is empty."))
     if "\x00" in content:
-        raise ChatError("invalid_content", "The message contains a NUL character, which cannot be stored.")
+        raise ChatError("invalid_content", _("The message contains a NUL character, which cannot be stored."))
     if not _is_unicode(content):
-        raise ChatError("invalid_content", "The message contains characters that are not valid Unicode.")
+        raise ChatError("invalid_content", _("The message contains characters that are not valid Unicode."))
     if len(content) > settings.MAX_PROMPT_CHARS:
         raise ChatError(
             "prompt_too_long",
-            f"The message is {len(content)} characters long; the limit is {settings.MAX_PROMPT_CHARS}.",
+            _("The message is %(length)d characters long; the limit is %(limit)d.")
+            % {"length": len(content), "limit": settings.MAX_PROMPT_CHARS},
         )
     return content
 
@@ -107,8 +113,8 @@ def check_fits(spec: ModelSpec, content: str, system_prompt: str = "") -> None:
     if tokens is not None and tokens > room_for_prompt(spec):
         raise ChatError(
             "prompt_too_long",
-            f"The message is {tokens} tokens long; {spec.name} can take at most {room_for_prompt(spec)} "
-            f"with room for its answer.",
+            _("The message is %(tokens)d tokens long; %(model)s can take at most %(room)d with room for its answer.")
+            % {"tokens": tokens, "model": spec.name, "room": room_for_prompt(spec)},
         )
 
 
@@ -119,14 +125,15 @@ class SentMessage:
     title: str  # the conversation's title after this message (the first one names it)
 
 
-BUSY = "An answer is still being written. Stop it or wait for it to finish."
+BUSY = gettext_noop("An answer is still being written. Stop it or wait for it to finish.")
 
 
 def _model_of(conversation: Conversation) -> ModelSpec:
     try:
         return get_model(conversation.model)
     except UnknownModel:
-        raise ChatError("unknown_model", f"The model {conversation.model!r} is no longer configured.") from None
+        raise ChatError("unknown_model", _("The model “%(model)s” is no longer configured.")
+                        % {"model": conversation.model}) from None
 
 
 def _branch_leaf(conversation: Conversation) -> Message | None:
@@ -147,7 +154,7 @@ def _queue_answer(
             # Taking the conversation's row lock first serialises concurrent sends (both DBs).
             Conversation.objects.filter(id=conversation.id).update(updated_at=now)
             if conversation.messages.filter(status__in=Message.ACTIVE).exists():
-                raise ChatError("busy", BUSY)
+                raise ChatError("busy", _(BUSY))
             last = conversation.messages.aggregate(last=Max("position"))["last"] or 0
             user_message = None
             if question is not None:
@@ -166,7 +173,7 @@ def _queue_answer(
             transaction.on_commit(lambda: _announce_and_enqueue(sent, spec.celery_queue, announce))
     except IntegrityError:
         # The partial unique index caught a concurrent send that passed the check above.
-        raise ChatError("busy", BUSY) from None
+        raise ChatError("busy", _(BUSY)) from None
     return sent
 
 
@@ -191,7 +198,7 @@ def do_send_message(
     if edit_of is not None:
         edited = get_message(user, edit_of)
         if edited.conversation_id != conversation.id or edited.role != Message.Role.USER:
-            raise ChatError("not_found", "No such message to edit.", message_id=edited.id)
+            raise ChatError("not_found", _("No such message to edit."), message_id=edited.id)
         parent = edited.parent
     else:
         parent = _branch_leaf(conversation)
@@ -206,9 +213,9 @@ def do_regenerate(
     conversation = get_conversation(user, conversation_id)
     answer = get_message(user, message_id)
     if answer.conversation_id != conversation.id or answer.role != Message.Role.ASSISTANT:
-        raise ChatError("not_found", "No such answer to regenerate.", message_id=answer.id)
+        raise ChatError("not_found", _("No such answer to regenerate."), message_id=answer.id)
     if answer.is_active:
-        raise ChatError("busy", BUSY, message_id=answer.id)
+        raise ChatError("busy", _(BUSY), message_id=answer.id)
     return _queue_answer(conversation, _model_of(conversation), answer.parent, None, "", announce)
 
 
@@ -217,7 +224,7 @@ def do_select_version(user: AbstractBaseUser, conversation_id: Any, message_id: 
     conversation = get_conversation(user, conversation_id)
     chosen = get_message(user, message_id)
     if chosen.conversation_id != conversation.id:
-        raise ChatError("not_found", "No such message.", message_id=chosen.id)
+        raise ChatError("not_found", _("No such message."), message_id=chosen.id)
     nodes = list(conversation.messages.only("id", "parent_id", "position"))
     leaf = conversation.messages.get(id=threads.newest_leaf_under(chosen.id, nodes))
     Conversation.objects.filter(id=conversation.id).update(current_leaf=leaf)
@@ -232,14 +239,15 @@ def branch_messages(conversation: Conversation) -> list[Message]:
 
 def check_title(title: Any) -> str:
     if not isinstance(title, str):
-        raise ChatError("invalid_title", "The title must be text.")
+        raise ChatError("invalid_title", _("The title must be text."))
     title = " ".join(title.split())
     if not title:
-        raise ChatError("invalid_title", "The title is empty.")
+        raise ChatError("invalid_title", _("The title is empty."))
     if "\x00" in title or not _is_unicode(title):
-        raise ChatError("invalid_title", "The title contains a NUL character or text that is not valid Unicode.")
+        raise ChatError("invalid_title", _("The title contains a NUL character or text that is not valid Unicode."))
     if len(title) > TITLE_MAX:
-        raise ChatError("invalid_title", f"The title is {len(title)} characters long; the limit is {TITLE_MAX}.")
+        raise ChatError("invalid_title", _("The title is %(length)d characters long; the limit is %(limit)d.")
+                        % {"length": len(title), "limit": TITLE_MAX})
     return title
 
 
@@ -284,7 +292,7 @@ def do_request_stop(user: AbstractBaseUser, message_id: Any) -> Message | None:
     it); None when a worker is writing it (the worker finishes it at its next save)."""
     message = get_message(user, message_id)
     if message.role != Message.Role.ASSISTANT or not message.is_active:
-        raise ChatError("not_running", "That answer is not being written.", message_id=message.id)
+        raise ChatError("not_running", _("That answer is not being written."), message_id=message.id)
     now = timezone.now()
     queued = Message.objects.filter(id=message.id, status=Message.Status.PENDING).update(
         status=Message.Status.CANCELLED, finish_reason="cancelled", updated_at=now
@@ -302,7 +310,7 @@ def do_request_stop(user: AbstractBaseUser, message_id: Any) -> Message | None:
 def resume_snapshot(user: AbstractBaseUser, conversation_id: Any, message_id: Any) -> Message:
     """The row as saved: every delta published so far is already in it (the worker saves first)."""
     message = get_message(user, message_id)
-    if message.conversation_id != _parse_uuid(conversation_id, "Conversation"):
-        raise ChatError("not_found", "No such message.", message_id=message.id)
+    if message.conversation_id != _parse_uuid(conversation_id, "conversation"):
+        raise ChatError("not_found", _("No such message."), message_id=message.id)
     return message
 

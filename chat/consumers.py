@@ -10,6 +10,8 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext as _
 
 from . import actions, events, liveness
 from .actions import ChatError
@@ -39,10 +41,20 @@ class TokenBucket:
         return False
 
 
+def _language_of(scope: dict[str, Any]) -> str:
+    """The language the user picked (the cookie LocaleMiddleware reads for pages), or the default."""
+    code = scope.get("cookies", {}).get(settings.LANGUAGE_COOKIE_NAME) or settings.LANGUAGE_CODE
+    try:
+        return translation.get_supported_language_variant(code)
+    except LookupError:
+        return settings.LANGUAGE_CODE
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     # ---- socket handlers -------------------------------------------------------------------
     async def connect(self) -> None:
         self.group: str | None = None
+        self.language = _language_of(self.scope)
         # Accept first so the close code reaches the browser (a refused handshake has none).
         await self.accept()
         user = self.scope.get("user")
@@ -66,45 +78,50 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.group:  # closing: ignore anything that raced the close
             return
+        with translation.override(self.language):  # error messages in the page's language
+            await self._handle(text_data, bytes_data)
+
+    async def _handle(self, text_data: str | None, bytes_data: bytes | None) -> None:
         try:
             frame = self._parse(text_data, bytes_data)
             kind = frame.get("type")
             handler = self.COMMANDS.get(kind) if isinstance(kind, str) else None
             if handler is None:
-                raise ChatError("unknown_type", f"Unknown frame type {str(kind)[:40]!r}.")
+                raise ChatError("unknown_type", _("Unknown frame type “%(type)s”.") % {"type": str(kind)[:40]})
             await handler(self, frame)
         except ChatError as exc:
             await self.send_json(error_frame(exc.code, exc.message, exc.message_id))
         except Exception:
             log.exception("socket command failed")
-            await self.send_json(error_frame("server_error", "Something went wrong on the server; try again."))
+            await self.send_json(error_frame("server_error", _("Something went wrong on the server; try again.")))
 
     # ---- command helpers -------------------------------------------------------------------
     def _parse(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
         if not self.bucket.take():
-            raise ChatError("rate_limited", "Too many frames; slow down.")
+            raise ChatError("rate_limited", _("Too many frames; slow down."))
         if text_data is None:
-            raise ChatError("invalid_frame", "Frames must be JSON text.")
+            raise ChatError("invalid_frame", _("Frames must be JSON text."))
         # A generous bound for a maximal prompt with JSON escaping, checked before parsing.
         if len(text_data) > settings.MAX_PROMPT_CHARS * 6 + 4096:
-            raise ChatError("frame_too_large", "The frame is too large.")
+            raise ChatError("frame_too_large", _("The frame is too large."))
         try:
             frame = json.loads(text_data)
         except (ValueError, RecursionError):
-            raise ChatError("invalid_json", "The frame is not valid JSON.") from None
+            raise ChatError("invalid_json", _("The frame is not valid JSON.")) from None
         if not isinstance(frame, dict):
-            raise ChatError("invalid_frame", "A frame must be a JSON object with a \"type\".")
+            raise ChatError("invalid_frame", _("A frame must be a JSON object with a “type”."))
         return frame
 
     async def _cmd_send(self, frame: dict[str, Any]) -> None:
         client_id = frame.get("client_id", "")
         if not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID:
-            raise ChatError("invalid_frame", f"client_id must be a string of at most {MAX_CLIENT_ID} characters.")
+            raise ChatError("invalid_frame", _("client_id must be a string of at most %(limit)d characters.")
+                            % {"limit": MAX_CLIENT_ID})
         attachments = frame.get("attachments", [])
         if not isinstance(attachments, list):
-            raise ChatError("invalid_frame", "attachments must be a list of ids.")
+            raise ChatError("invalid_frame", _("attachments must be a list of ids."))
         if attachments:
-            raise ChatError("attachments_unsupported", "Image attachments are not supported yet.")
+            raise ChatError("attachments_unsupported", _("Image attachments are not supported yet."))
         await database_sync_to_async(actions.do_send_message)(
             self.scope["user"], self.conversation_id, frame.get("content"), client_id, announce=self._announce,
             edit_of=frame.get("edit_of"),  # an edit: the new message is a version of that one
@@ -137,7 +154,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _cmd_resume(self, frame: dict[str, Any]) -> None:
         after_seq = frame.get("after_seq", 0)
         if not isinstance(after_seq, int) or isinstance(after_seq, bool) or after_seq < 0:
-            raise ChatError("invalid_frame", "after_seq must be a non-negative integer.")
+            raise ChatError("invalid_frame", _("after_seq must be a non-negative integer."))
         message = await database_sync_to_async(actions.resume_snapshot)(
             self.scope["user"], self.conversation_id, frame.get("message_id")
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from typing import Any
 
@@ -55,6 +56,9 @@ class _LoopPublisher:
 
 
 _publisher = _LoopPublisher()
+# A process forked after the loop started (e.g. a server started by a test that already ran a
+# worker) inherits the loop but not its thread: it must start its own, or every publish waits out.
+os.register_at_fork(after_in_child=lambda: setattr(_publisher, "_loop", None))
 
 
 def publish(conversation_id: Any, frame: dict[str, Any]) -> bool:

@@ -169,7 +169,9 @@ def import_conversation(request: HttpRequest) -> HttpResponse:
             raise ChatError("invalid_import", _("The file is too large to import."))
         imported = exports.do_import(request.user, upload.read())
     except ChatError as exc:
-        return _page(request, status=400, import_error=exc.message)
+        # The details name fields of the file format, which stay in English.
+        return _page(request, status=400, import_error=_("The file could not be imported: %(reason)s")
+                     % {"reason": exc.message})
     return redirect("conversation", conversation_id=imported.id)
 
 

@@ -100,6 +100,42 @@ ZH_HANS = {
     "Sign up": "注册",
     "Create an account": "创建账号",
     "Already have an account?": "已有账号？",
+    # Errors the server sends (socket frames, forms).
+    "conversation": "对话",
+    "message": "消息",
+    "The %(what)s id is not valid.": "%(what)s ID 无效。",
+    "No such conversation.": "没有这个对话。",
+    "No such message.": "没有这条消息。",
+    "No model named “%(model)s” is configured.": "没有配置名为“%(model)s”的模型。",
+    "content must be a string.": "content 必须是字符串。",
+    "The message is empty.": "消息为空。",
+    "The message contains a NUL character, which cannot be stored.": "消息包含无法保存的 NUL 字符。",
+    "The message contains characters that are not valid Unicode.": "消息包含无效的 Unicode 字符。",
+    "The message is %(length)d characters long; the limit is %(limit)d.":
+        "消息长 %(length)d 个字符，上限为 %(limit)d。",
+    "The message is %(tokens)d tokens long; %(model)s can take at most %(room)d with room for its answer.":
+        "消息长 %(tokens)d 个 token；在为回答留出空间后，%(model)s 最多只能接受 %(room)d 个。",
+    "An answer is still being written. Stop it or wait for it to finish.": "回答仍在生成中。请先停止它或等待它完成。",
+    "The model “%(model)s” is no longer configured.": "模型“%(model)s”已不再配置。",
+    "No such message to edit.": "没有可编辑的这条消息。",
+    "No such answer to regenerate.": "没有可重新生成的这个回答。",
+    "The title must be text.": "标题必须是文本。",
+    "The title is empty.": "标题为空。",
+    "The title contains a NUL character or text that is not valid Unicode.": "标题包含 NUL 字符或无效的 Unicode 文本。",
+    "The title is %(length)d characters long; the limit is %(limit)d.": "标题长 %(length)d 个字符，上限为 %(limit)d。",
+    "That answer is not being written.": "这个回答没有在生成中。",
+    "Unknown frame type “%(type)s”.": "未知的帧类型“%(type)s”。",
+    "Something went wrong on the server; try again.": "服务器出错了，请重试。",
+    "Too many frames; slow down.": "发送过于频繁，请放慢速度。",
+    "Frames must be JSON text.": "帧必须是 JSON 文本。",
+    "The frame is too large.": "帧太大。",
+    "The frame is not valid JSON.": "帧不是有效的 JSON。",
+    "A frame must be a JSON object with a “type”.": "帧必须是带有“type”字段的 JSON 对象。",
+    "client_id must be a string of at most %(limit)d characters.": "client_id 必须是最多 %(limit)d 个字符的字符串。",
+    "attachments must be a list of ids.": "attachments 必须是 ID 列表。",
+    "Image attachments are not supported yet.": "暂不支持图片附件。",
+    "after_seq must be a non-negative integer.": "after_seq 必须是非负整数。",
+    "The file could not be imported: %(reason)s": "无法导入该文件：%(reason)s",
 }
 
 if __name__ == "__main__":
@@ -111,7 +147,8 @@ if __name__ == "__main__":
             entry.msgstr = ZH_HANS[entry.msgid]
             if "fuzzy" in entry.flags:
                 entry.flags.remove("fuzzy")
-        elif not entry.msgstr:
+        elif not entry.msgstr or "fuzzy" in entry.flags:  # a guess by msgmerge is not a translation
+            entry.msgstr = ""
             missing.append(entry.msgid)
     catalogue.metadata["Language"] = "zh_Hans"
     catalogue.metadata["Content-Type"] = "text/plain; charset=UTF-8"

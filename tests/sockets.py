@@ -17,11 +17,14 @@ def _session_cookie(user) -> str:
     return client.cookies["sessionid"].value
 
 
-async def open_socket(user, conversation_id, origin: str = "http://127.0.0.1:8000") -> WebsocketCommunicator:
+async def open_socket(user, conversation_id, origin: str = "http://127.0.0.1:8000",
+                      language: str | None = None) -> WebsocketCommunicator:
     headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1:8000")]
+    cookies = [f"django_language={language}"] if language else []
     if user is not None:
-        cookie = await sync_to_async(_session_cookie)(user)
-        headers.append((b"cookie", f"sessionid={cookie}".encode()))
+        cookies.append(f"sessionid={await sync_to_async(_session_cookie)(user)}")
+    if cookies:
+        headers.append((b"cookie", "; ".join(cookies).encode()))
     socket = WebsocketCommunicator(application, f"/ws/chat/{conversation_id}/", headers=headers)
     connected, _ = await socket.connect(timeout=5)
     assert connected, "the handshake was refused"

@@ -64,3 +64,4 @@ def test_a_silent_workers_queued_tasks_move_to_the_shared_queue(workers, broker)
     assert sorted(broker.lrange(QUEUE, 0, -1)) == [b"task-1", b"task-2"]
     assert live_workers(QUEUE) == ["alive@host"] and broker.zscore(f"deepseek:workers:{QUEUE}", "dead@host") is None
     broker.delete(QUEUE)
+

@@ -123,3 +123,17 @@ async def test_regenerate_refuses_a_question_a_bad_id_and_a_busy_conversation(an
     assert await database_sync_to_async(Message.objects.count)() == count
     assert broker.llen(QUEUE) == 1
     await socket.disconnect()
+
+
+async def test_errors_come_in_the_language_the_user_picked(answered, alice, broker):
+    conversation, question, answer = answered
+    socket = await open_socket(alice, conversation.id, language="zh-hans")
+    await send(socket, {"type": "send", "content": "   "})
+    assert await receive(socket) == {"type": "error", "code": "empty_message", "message": "消息为空。"}
+    await send(socket, {"type": "stop", "message_id": str(answer.id)})
+    assert (await receive(socket))["message"] == "这个回答没有在生成中。"
+    await socket.disconnect()
+    socket = await open_socket(alice, conversation.id, language="xx-nonsense")
+    await send(socket, {"type": "send", "content": "   "})
+    assert (await receive(socket))["message"] == "The message is empty."
+    await socket.disconnect()

@@ -180,7 +180,8 @@ function setActive() {
   for (const node of nodes.values()) if (node.role === "assistant" && ACTIVE.has(node.status)) activeId = node.id;
   sendButton.hidden = !!activeId;
   stopButton.hidden = !activeId;
-  for (const b of list.querySelectorAll(".regenerate, .edit")) b.disabled = !!activeId;
+  // One attribute on the list hides Regenerate and Edit everywhere (no per-message DOM writes).
+  list.toggleAttribute("data-busy", !!activeId);
 }
 
 function showTitle(title) {

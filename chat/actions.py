@@ -22,23 +22,14 @@ from inference.prompt_check import message_tokens, room_for_prompt
 from inference.registry import ModelSpec, UnknownModel, default_model, get_model
 from inference.routing import queue_for
 
-from . import liveness, threads
+from . import liveness, threads, uploads
+from .errors import ChatError
 from .models import Conversation, Message
 
 GENERATE_TASK = "inference.tasks.generate"
 TITLE_CHARS = 60  # an automatic title: the first message's first characters
 TITLE_MAX = 200  # a title the user gives (Conversation.title's length)
 SEARCH_MAX = 200
-
-
-class ChatError(Exception):
-    """A request the user can fix; becomes an error frame or message, never a crash."""
-
-    def __init__(self, code: str, message: str, message_id: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.message_id = message_id
 
 
 ID_KINDS = (gettext_noop("conversation"), gettext_noop("message"))
@@ -145,7 +136,7 @@ def _branch_leaf(conversation: Conversation) -> Message | None:
 
 def _queue_answer(
     conversation: Conversation, spec: ModelSpec, parent: Message | None, question: str | None,
-    client_id: str, announce: Callable[[SentMessage], None] | None,
+    client_id: str, announce: Callable[[SentMessage], None] | None, images: list | None = None,
 ) -> SentMessage:
     """Inside the caller's checks: save the question (if any) and a pending answer, and queue it."""
     try:
@@ -162,6 +153,8 @@ def _queue_answer(
                     conversation=conversation, position=last + 1, parent=parent, role=Message.Role.USER,
                     content=question, client_id=client_id, created_at=now, updated_at=now,
                 )
+                if images:
+                    uploads.attach(conversation.user, images, user_message.id)
                 last += 1
             answer = Message.objects.create(
                 conversation=conversation, position=last + 1, parent=parent, role=Message.Role.ASSISTANT,
@@ -184,6 +177,7 @@ def do_send_message(
     client_id: str = "",
     announce: Callable[[SentMessage], None] | None = None,
     edit_of: Any = None,
+    attachments: Any = None,
 ) -> SentMessage:
     """Save the user's message and a pending answer, and queue the answer's generation.
 
@@ -195,6 +189,10 @@ def do_send_message(
     conversation = get_conversation(user, conversation_id)
     spec = _model_of(conversation)
     check_fits(spec, content, conversation.system_prompt)
+    images = uploads.check_attachments(user, attachments) if attachments else []
+    if images and not spec.vision:
+        raise ChatError("vision_unsupported", _("%(model)s cannot see images. Pick a model that can in Settings, "
+                                                "or send the message without them.") % {"model": spec.name})
     if edit_of is not None:
         edited = get_message(user, edit_of)
         if edited.conversation_id != conversation.id or edited.role != Message.Role.USER:
@@ -202,7 +200,7 @@ def do_send_message(
         parent = edited.parent
     else:
         parent = _branch_leaf(conversation)
-    return _queue_answer(conversation, spec, parent, content, client_id, announce)
+    return _queue_answer(conversation, spec, parent, content, client_id, announce, images)
 
 
 def do_regenerate(

@@ -117,14 +117,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID:
             raise ChatError("invalid_frame", _("client_id must be a string of at most %(limit)d characters.")
                             % {"limit": MAX_CLIENT_ID})
-        attachments = frame.get("attachments", [])
-        if not isinstance(attachments, list):
-            raise ChatError("invalid_frame", _("attachments must be a list of ids."))
-        if attachments:
-            raise ChatError("attachments_unsupported", _("Image attachments are not supported yet."))
         await database_sync_to_async(actions.do_send_message)(
             self.scope["user"], self.conversation_id, frame.get("content"), client_id, announce=self._announce,
             edit_of=frame.get("edit_of"),  # an edit: the new message is a version of that one
+            attachments=frame.get("attachments") or None,
         )
 
     def _announce(self, sent: actions.SentMessage) -> None:

@@ -5,6 +5,7 @@ from typing import Any
 
 from .models import Message
 from .rendering import render_markdown
+from .uploads import describe
 
 
 def group_name(conversation_id: Any) -> str:
@@ -28,6 +29,8 @@ def message_frame(message: Message) -> dict[str, Any]:
         # Finished answers come rendered (Markdown → sanitized HTML); while one streams, pages
         # show its plain text, so no token makes anything re-parse.
         body["html"] = render_markdown(message.content)
+    if message.role == Message.Role.USER:
+        body["attachments"] = [describe(a) for a in message.attachments.all()]
     if message.status == Message.Status.FAILED and message.error:
         body["error"] = message.error
     if message.client_id:

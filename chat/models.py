@@ -96,3 +96,33 @@ class Message(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+
+def _attachment_name(instance: Attachment, filename: str) -> str:
+    # A random name: nothing of the user's file name reaches the storage (or a URL).
+    return f"attachments/{uuid.uuid4().hex}.{filename.rsplit('.', 1)[-1]}"
+
+
+class Attachment(models.Model):
+    """An image a user uploaded, validated and re-encoded (chat/images.py) before it was stored."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="attachments")
+    # Set when a sent message takes it (an upload never sent stays unattached, counted in the quota).
+    message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="attachments")
+    file = models.FileField(upload_to=_attachment_name)
+    thumbnail = models.FileField(upload_to=_attachment_name)
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveIntegerField()
+    mime = models.CharField(max_length=32)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["owner", "created_at"], name="attachment_owner_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.mime} {self.width}×{self.height} of {self.owner_id}"

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from . import events, liveness, threads
 from .frames import delta_frame, done_frame, error_frame, message_frame
-from .models import Message
+from .models import Attachment, Message
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,9 @@ class ReplyJob:
     message_id: str
     conversation_id: str
     model: str
-    history: list[dict[str, str]]  # chat-template messages, oldest first, ending with the user's
+    # Chat-template messages, oldest first, ending with the user's; a user message may carry
+    # "images": the bytes of its attached images (vision models).
+    history: list[dict[str, Any]]
     # The conversation's settings; None means the model's default.
     temperature: float | None = None
     top_p: float | None = None
@@ -53,11 +55,24 @@ def claim(message_id: str) -> ReplyJob | None:
         m for m in threads.path_to(answer.parent_id, nodes)
         if not (m.role == Message.Role.ASSISTANT and not m.content) and m.status != Message.Status.FAILED
     ]
-    history = [{"role": m.role, "content": m.content} for m in earlier]
+    history: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in earlier]
+    images = _images_by_message([m.id for m in earlier if m.role == Message.Role.USER])
+    for message, turn in zip(earlier, history, strict=True):
+        if images.get(message.id):
+            turn["images"] = images[message.id]
     if conversation.system_prompt:
         history.insert(0, {"role": "system", "content": conversation.system_prompt})
     return ReplyJob(str(answer.id), str(conversation.id), conversation.model, history,
                     conversation.temperature, conversation.top_p, conversation.max_tokens)
+
+
+def _images_by_message(message_ids: list[Any]) -> dict[Any, list[bytes]]:
+    """The stored (validated, re-encoded) images of these messages, in upload order."""
+    found: dict[Any, list[bytes]] = {}
+    for attachment in Attachment.objects.filter(message_id__in=message_ids).order_by("created_at"):
+        with attachment.file.open("rb") as stored:
+            found.setdefault(attachment.message_id, []).append(stored.read())
+    return found
 
 
 @dataclass

@@ -33,4 +33,9 @@ def ui_strings() -> dict[str, str]:
         "theme_system": _("Theme: system"),
         "theme_dark": _("Theme: dark"),
         "theme_light": _("Theme: light"),
+        "attached_image": _("Attached image"),
+        "remove_image": _("Remove this image"),
+        "upload_failed": _("The image could not be uploaded."),
+        "not_an_image": _("Only PNG, JPEG, WebP and GIF images can be attached."),
+        "still_uploading": _("Wait until the images are uploaded."),
     }

@@ -55,7 +55,7 @@ def _page(request: HttpRequest, conversation=None, *, settings_form=None, status
     spec = all_models().get(conversation.model) if conversation else default_model()
     query = request.GET.get("q", "").strip()
     listed = actions.search_conversations(request.user, query) if query else actions.conversations_for(request.user)
-    everything = list(conversation.messages.all()) if conversation else []
+    everything = list(conversation.messages.prefetch_related("attachments")) if conversation else []
     leaf = (conversation.current_leaf_id or threads.default_leaf(everything)) if conversation else None
     context = {
         "sidebar_groups": _sidebar_groups(listed[:SIDEBAR_LIMIT]),

@@ -143,6 +143,16 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns at start-up w
 # Serve straight from the source folders too, so a dev run needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True
 
+# --- Uploaded images: Django storage (set STORAGES["default"] for S3-style backends). Never
+# served as static files: only the owner gets them, through chat.views.attachment_file.
+MEDIA_ROOT = DATA_DIR / "media"
+MEDIA_URL = "/media/"  # not routed; files go through the authorized view
+ATTACHMENT_MAX_BYTES = env_int("ATTACHMENT_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
+ATTACHMENT_MAX_PIXELS = env_int("ATTACHMENT_MAX_PIXELS", 40_000_000, minimum=1)
+ATTACHMENTS_PER_MESSAGE = env_int("ATTACHMENTS_PER_MESSAGE", 4, minimum=1)
+ATTACHMENTS_PER_USER = env_int("ATTACHMENTS_PER_USER", 1000, minimum=1)
+ATTACHMENT_BYTES_PER_USER = env_int("ATTACHMENT_BYTES_PER_USER", 1024 * 1024 * 1024, minimum=1024)
+
 # --- Redis: one URL for the channel layer and the Celery broker.
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -186,7 +196,16 @@ DEEPSEEK_MODELS = env_json(
             "max_context": 2048,
             "max_new_tokens": 96,
             "demo": True,
-        }
+        },
+        {
+            "name": "deepseek-vl",
+            "path": str(DEMO_MODELS_DIR / "demo-vision"),
+            "quantization": "none",
+            "max_context": 2048,
+            "max_new_tokens": 96,
+            "vision": True,
+            "demo": True,
+        },
     ],
 )
 # Continuous batching in the worker (transformers' ContinuousBatchingManager) and its KV budget.

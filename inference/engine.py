@@ -14,6 +14,7 @@ from .detokenizer import IncrementalDetokenizer
 from .loading import LoadedModel
 from .registry import ModelSpec
 from .turns import TurnCache
+from .vision import encode_with_images
 
 THINK_END = "</think>"
 
@@ -108,6 +109,7 @@ class Engine:
     def __init__(self, loaded: LoadedModel, spec: ModelSpec | None = None, batching: BatchConfig | None = None) -> None:
         self.spec = spec or loaded.spec
         self.tokenizer = loaded.tokenizer
+        self.processor = loaded.processor  # vision models: renders image parts and pixel values
         self.model = loaded.model
         self.device = loaded.device
         eos = loaded.model.generation_config.eos_token_id
@@ -136,6 +138,8 @@ class Engine:
         the history before the new message (reasoning models re-render: earlier thinking must
         not be fed back, and the template drops it)."""
         budget = self.spec.max_context - max_new_tokens
+        if self.processor is not None:
+            return encode_with_images(self.processor, history, budget, self.spec.reasoning)
         if conversation is not None and not self.spec.reasoning and history and history[-1]["role"] == "user":
             turn = self.turns.get(conversation, history[:-1])
             suffix = self._new_turn_ids(history) if turn is not None else None
@@ -199,8 +203,11 @@ class Engine:
             return int(order[choice])
         return int(torch.multinomial(probs, 1, generator=generator))
 
-    def _solo_tokens(self, prompt_ids: list[int], max_new: int, params: SamplingParams) -> Iterator[list[int]]:
-        """One request on its own, with its own KV cache and random generator (seeded requests)."""
+    def _solo_tokens(
+        self, prompt_ids: list[int], max_new: int, params: SamplingParams, model_inputs: dict[str, Any] | None = None
+    ) -> Iterator[list[int]]:
+        """One request on its own, with its own KV cache and random generator (seeded requests, and
+        prompts with images, whose pixel values go into the first forward pass only)."""
         import torch
         from transformers import DynamicCache
 
@@ -212,9 +219,11 @@ class Engine:
         cache = DynamicCache(config=self.model.config)
         # The first step feeds the whole prompt; every later step one token, reusing the cache.
         step_input = torch.tensor([prompt_ids], device=self.device)
+        extra = {k: v.to(self.device) for k, v in (model_inputs or {}).items()}
         with torch.inference_mode():
             for _ in range(max_new):
-                logits = self.model(input_ids=step_input, cache=cache, use_cache=True).logits[0, -1, :].float()
+                logits = self.model(input_ids=step_input, cache=cache, use_cache=True, **extra).logits[0, -1, :].float()
+                extra = {}
                 token = self._sample(logits, params, generator)
                 yield [token]
                 step_input = torch.tensor([[token]], device=self.device)
@@ -227,10 +236,11 @@ class Engine:
         """
         stats.prompt_tokens = len(prompt_ids)
         max_new = max(0, min(params.max_new_tokens, self.spec.max_context - len(prompt_ids)))
-        if self.batcher is not None and params.seed is None:
+        model_inputs = getattr(prompt_ids, "model_inputs", None)
+        if self.batcher is not None and params.seed is None and not model_inputs:
             tokens = self.batcher.stream(prompt_ids, max_new, params.temperature, params.top_p)
         else:
-            tokens = self._solo_tokens(prompt_ids, max_new, params)
+            tokens = self._solo_tokens(list(prompt_ids), max_new, params, model_inputs)
         detokenizer = IncrementalDetokenizer(self.tokenizer)
         splitter = ReasoningSplitter(self.spec.reasoning)
         stops = StopMatcher(params.stop)

@@ -25,17 +25,21 @@ class LoadedModel:
     model: Any
     device: str
     load_seconds: float
+    processor: Any = None  # vision models: the image processor + tokenizer pair
 
 
 def _quantization_config(spec: ModelSpec):
     import torch
     from transformers import BitsAndBytesConfig
 
+    from .vision import VISION_SKIP_MODULES
+
+    skip = {"llm_int8_skip_modules": VISION_SKIP_MODULES} if spec.vision else {}
     if spec.quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, **skip)
     if spec.quantization == "4bit":
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16, **skip
         )
     return None
 
@@ -54,7 +58,7 @@ def compute_dtype(spec: ModelSpec, device: str) -> Any:
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Load tokenizer and weights (bf16 compute; 8bit/4bit through bitsandbytes)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     started = time.monotonic()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -63,8 +67,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     try:
         if spec.path.startswith((os.sep, ".", "~")) and not Path(spec.path).expanduser().is_dir():
             raise ModelLoadError("there is no model folder at that path")
-        tokenizer = AutoTokenizer.from_pretrained(spec.path)
-        if not getattr(tokenizer, "chat_template", None):
+        processor = AutoProcessor.from_pretrained(spec.path) if spec.vision else None
+        tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(spec.path)
+        if not (getattr(tokenizer, "chat_template", None) or getattr(processor, "chat_template", None)):
             raise ModelLoadError("its tokenizer has no chat template")
         kwargs: dict[str, Any] = {"dtype": compute_dtype(spec, device)}
         quantization = _quantization_config(spec)
@@ -72,7 +77,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             kwargs["quantization_config"] = quantization
         if device == "cuda":
             kwargs["device_map"] = "auto"
-        model = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
+        auto_class = AutoModelForImageTextToText if spec.vision else AutoModelForCausalLM
+        model = auto_class.from_pretrained(spec.path, **kwargs)
     except ModelLoadError as exc:
         raise ModelLoadError(f"model {spec.name!r} from {spec.path!r} cannot be served: {exc}") from None
     except Exception as exc:  # transformers raises many types for "not there / not supported"
@@ -82,7 +88,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     elapsed = time.monotonic() - started
     params = sum(p.numel() for p in model.parameters())
     log.info("loaded model %s: %.1fM parameters in %.1f s", spec.name, params / 1e6, elapsed)
-    return LoadedModel(spec, tokenizer, model, device, elapsed)
+    return LoadedModel(spec, tokenizer, model, device, elapsed, processor)
 
 
 class ModelCache:

@@ -21,7 +21,8 @@ def engine_for(spec: ModelSpec) -> Engine:
     """The process-wide engine for a model, loading it on first use."""
     engine = _engines.get(spec)
     if engine is None:
-        engine = _engines[spec] = Engine(_models.get(spec), spec, batch_config())
+        # The batching manager takes token ids only: vision models answer one request per thread.
+        engine = _engines[spec] = Engine(_models.get(spec), spec, None if spec.vision else batch_config())
     return engine
 
 

@@ -136,6 +136,39 @@ ZH_HANS = {
     "Image attachments are not supported yet.": "暂不支持图片附件。",
     "after_seq must be a non-negative integer.": "after_seq 必须是非负整数。",
     "The file could not be imported: %(reason)s": "无法导入该文件：%(reason)s",
+    # Images.
+    "%(model)s cannot see images. Pick a model that can in Settings, or send the message without them.":
+        "%(model)s 无法识别图片。请在设置中换一个能识别图片的模型，或者不带图片发送消息。",
+    "Choose an image to attach.": "请选择要附加的图片。",
+    "The image is %(size)d bytes; the limit is %(limit)d.": "图片大小为 %(size)d 字节，上限为 %(limit)d。",
+    "The file is empty.": "文件是空的。",
+    "The file is %(size)s; images can be at most %(limit)s.": "文件大小为 %(size)s，图片最大为 %(limit)s。",
+    "The image has too many pixels to open safely; the limit is %(limit)s pixels.":
+        "图片像素太多，无法安全打开；上限为 %(limit)s 像素。",
+    "The animation has more than %(limit)s frames; the limit is %(limit)s.":
+        "动画超过 %(limit)s 帧；上限为 %(limit)s 帧。",
+    "The file is not a PNG, JPEG, WebP or GIF image.": "该文件不是 PNG、JPEG、WebP 或 GIF 图片。",
+    "The image is %(width)s × %(height)s pixels; the limit is %(limit)s pixels on a side.":
+        "图片为 %(width)s × %(height)s 像素；每边上限为 %(limit)s 像素。",
+    "The image is %(width)s × %(height)s = %(pixels)s pixels; the limit is %(limit)s pixels.":
+        "图片为 %(width)s × %(height)s = %(pixels)s 像素；上限为 %(limit)s 像素。",
+    "The image is damaged or truncated.": "图片已损坏或不完整。",
+    "%(size)s bytes": "%(size)s 字节",
+    "Attached image": "附加的图片",
+    "Remove this image": "移除这张图片",
+    "The image could not be uploaded.": "图片上传失败。",
+    "Only PNG, JPEG, WebP and GIF images can be attached.": "只能附加 PNG、JPEG、WebP 和 GIF 图片。",
+    "Wait until the images are uploaded.": "请等待图片上传完成。",
+    "You have stored %(count)d images, the most allowed. Delete some conversations to make room.":
+        "你已存储 %(count)d 张图片，已达上限。请删除一些对话以腾出空间。",
+    "Your images would take more than the %(limit)d MB allowed. Delete some conversations to make room.":
+        "你的图片将超过允许的 %(limit)d MB。请删除一些对话以腾出空间。",
+    "No such image.": "没有这张图片。",
+    "A message can carry at most %(limit)d images.": "一条消息最多可以附带 %(limit)d 张图片。",
+    "image": "图片",
+    "Images for the next message": "下一条消息的图片",
+    "Attach images": "附加图片",
+    "Attach images (or drop or paste them)": "附加图片（也可以拖放或粘贴）",
 }
 
 if __name__ == "__main__":

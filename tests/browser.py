@@ -1,7 +1,8 @@
 """The shared set-up of the browser tests: a live daphne server, a real Celery worker, Chromium.
 
-Two models are configured: the demo model (greedy, so its answers are the same every run) and
-"echo-reasoner", a reasoning model whose answers come from tests/echo_engine.py.
+Three models are configured: the demo model (greedy, so its answers are the same every run),
+"echo-reasoner", a reasoning model whose answers come from tests/echo_engine.py, and the
+vision demo model "deepseek-vl".
 """
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", settings.DATA_DIR / "test-arti
 # Greedy decoding makes the demo model's answer the same every run: no early end-of-sentence.
 GREEDY_DEMO = {**settings.DEEPSEEK_MODELS[0], "temperature": 0, "max_new_tokens": 96}
 ECHO = {**GREEDY_DEMO, "name": "echo-reasoner", "reasoning": True, "demo": False}
-BROWSER_MODELS = [GREEDY_DEMO, ECHO]
+VISION = {"name": "deepseek-vl", "path": str(settings.DEMO_MODELS_DIR / "demo-vision"), "vision": True, "demo": True,
+          "max_context": 2048, "temperature": 0, "max_new_tokens": 16}
+BROWSER_MODELS = [GREEDY_DEMO, ECHO, VISION]
 
 
 class FreshConnectionsDaphne(DaphneProcess):
@@ -57,7 +60,7 @@ class BrowserTestCase(ChannelsLiveServerTestCase):
 
         super().setUpClass()
         cls.worker_context = start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False,
-                                          queues=["model.deepseek-chat", "model.echo-reasoner"],
+                                          queues=["model.deepseek-chat", "model.echo-reasoner", "model.deepseek-vl"],
                                           loglevel="WARNING")
         cls.worker_context.__enter__()
         cls.playwright = sync_playwright().start()

@@ -63,9 +63,16 @@ def demo_model_path():
     from django.core.management import call_command
 
     path = settings.DEMO_MODELS_DIR / "demo-chat"
-    if not (path / "config.json").exists():
+    if not (path / "config.json").exists() or not (settings.DEMO_MODELS_DIR / "demo-vision" / "config.json").exists():
         call_command("build_demo_models", if_missing=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_vision_path(demo_model_path):
+    from django.conf import settings
+
+    return settings.DEMO_MODELS_DIR / "demo-vision"
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import re
 
 from django.test import override_settings
 
-from .browser import ECHO, GREEDY_DEMO, BrowserTestCase
+from .browser import ECHO, GREEDY_DEMO, VISION, BrowserTestCase
 
 # Counts how often the answer's text changed before it finished: streaming means many.
 WATCH_ANSWER = """
@@ -56,7 +56,7 @@ class ChatInChromiumTests(BrowserTestCase):
         assert response.status == 404
 
     # Only the worker (in this process) reads max_new_tokens: the answer becomes long enough to stop.
-    @override_settings(DEEPSEEK_MODELS=[{**GREEDY_DEMO, "max_new_tokens": 1900}, ECHO])
+    @override_settings(DEEPSEEK_MODELS=[{**GREEDY_DEMO, "max_new_tokens": 1900}, ECHO, VISION])
     def test_stop_ends_a_streaming_answer_and_keeps_what_was_written(self):
         page = self.page
         self.start_chat("frank")

@@ -8,7 +8,7 @@ from django.test import override_settings
 
 from chat.models import Conversation, Message
 
-from .browser import ECHO, GREEDY_DEMO, BrowserTestCase
+from .browser import ECHO, GREEDY_DEMO, VISION, BrowserTestCase
 
 MARKDOWN = """# Plan
 
@@ -168,7 +168,7 @@ class ChatProductTests(BrowserTestCase):
         self.start_chat("liam", model="echo-reasoner")
         page.click("#settings-panel summary")
         options = page.locator("#setting-model option").all_inner_texts()
-        assert options == ["deepseek-chat", "echo-reasoner"]
+        assert options == ["deepseek-chat", "echo-reasoner", "deepseek-vl"]
         page.fill("#setting-temperature", "5")
         page.fill("#setting-system_prompt", "Be brief.")
         page.click("#save-settings")
@@ -213,7 +213,7 @@ class ChatProductTests(BrowserTestCase):
         assert Conversation.objects.filter(user__username="mona").count() == 2
 
     # Only the worker (in this process) reads max_new_tokens: the answer becomes long enough to reload.
-    @override_settings(DEEPSEEK_MODELS=[{**GREEDY_DEMO, "max_new_tokens": 1900}, ECHO])
+    @override_settings(DEEPSEEK_MODELS=[{**GREEDY_DEMO, "max_new_tokens": 1900}, ECHO, VISION])
     def test_a_reload_mid_answer_shows_the_partial_text_and_continues_live(self):
         page = self.page
         self.start_chat("nina")
@@ -233,7 +233,7 @@ class ChatProductTests(BrowserTestCase):
         assert shown.startswith(partial[:10])
         assert Message.objects.get(role="assistant").content.strip() == shown.strip()
 
-    @override_settings(DEEPSEEK_MODELS=[{**GREEDY_DEMO, "max_new_tokens": 1900}, ECHO])
+    @override_settings(DEEPSEEK_MODELS=[{**GREEDY_DEMO, "max_new_tokens": 1900}, ECHO, VISION])
     def test_a_dropped_connection_says_offline_reconnects_and_catches_up(self):
         page = self.page
         routes = []

@@ -125,6 +125,7 @@ def test_new_chat_offers_only_the_configured_models(client, alice, settings, dem
     assert response.status_code == 302
 
 
-def test_with_one_model_there_is_nothing_to_pick(client, alice):
+def test_with_one_model_there_is_nothing_to_pick(client, alice, settings, demo_model_path):
+    settings.DEEPSEEK_MODELS = [{"name": "deepseek-chat", "path": str(demo_model_path), "demo": True}]
     client.force_login(alice)
     assert 'id="new-chat-model"' not in client.get("/").content.decode()

@@ -38,7 +38,8 @@ def test_it_rejects_a_malformed_entry(entries, message):
 
 
 def test_the_default_settings_serve_the_demo_model():
-    assert default_model().demo is True
-    assert list(all_models()) == ["deepseek-chat"]
+    assert default_model().demo is True and default_model().name == "deepseek-chat"
+    assert list(all_models()) == ["deepseek-chat", "deepseek-vl"]
+    assert all_models()["deepseek-vl"].vision and not default_model().vision
     with pytest.raises(UnknownModel):
         get_model("gpt-4")

@@ -1,6 +1,7 @@
 // The conversation page: one WebSocket (frames from DESIGN.md), the branch on show, versions.
 // Finished answers arrive as server-rendered, sanitized HTML; text still streaming is shown as
 // plain text in its own element, so a token never makes the page re-render anything else.
+import { setupAttachments } from "./attachments.js";
 import { childrenOf, defaultLeaf, newestLeafUnder, pathTo } from "./thread.js";
 
 const script = document.getElementById("chat-script");
@@ -22,6 +23,8 @@ let leafId = state.current_leaf;
 let activeId = null; // the answer being written, if any (in any branch)
 let socket = null;
 let retries = 0;
+let sentImages = false; // images went with the last send: clear the tray once it is accepted
+const images = setupAttachments({ t, onError: showError, dropZone: document.getElementById("main") });
 
 // ---- elements -------------------------------------------------------------------------------
 function button(label, className, onClick, ariaLabel) {
@@ -88,8 +91,30 @@ function addCopyButtons(container) {
   }
 }
 
+function showImages(node) {
+  if (!node.attachments?.length || node.imagesEl) return;
+  const row = document.createElement("div");
+  row.className = "message-images";
+  for (const image of node.attachments) {
+    const link = document.createElement("a");
+    link.href = image.url;
+    link.target = "_blank";
+    link.rel = "noopener";
+    const img = document.createElement("img");
+    img.src = image.thumbnail_url;
+    img.alt = t.attached_image;
+    img.width = Math.min(192, image.width);
+    img.height = Math.round(img.width * image.height / image.width);
+    link.append(img);
+    row.append(link);
+  }
+  node.contentEl.before(row);
+  node.imagesEl = row;
+}
+
 function showContent(node) {
   const el = node.contentEl;
+  showImages(node);
   if (node.role === "assistant" && node.html !== undefined && !ACTIVE.has(node.status)) {
     el.className = "content rendered";
     el.innerHTML = node.html; // rendered and sanitized by the server (chat/rendering.py)
@@ -194,6 +219,10 @@ function showTitle(title) {
 
 function upsert(body) {
   if (body.conversation_title) showTitle(body.conversation_title);
+  if (sentImages && body.role === "user" && body.client_id) {
+    images.clear(); // the server took them with the message (on an error they stay for another try)
+    sentImages = false;
+  }
   let node = nodes.get(body.id);
   const isNew = !node;
   if (isNew) {
@@ -208,6 +237,7 @@ function upsert(body) {
     status: body.status, finish_reason: body.finish_reason, error: body.error,
   });
   if (fresher) Object.assign(node, { seq: body.seq, content: body.content, reasoning: body.reasoning, html: body.html });
+  if (body.attachments) node.attachments = body.attachments;
   if (isNew) {
     const appendsToBranch = (node.parent_id || null) === (leafId || null) || !leafId;
     leafId = node.id; // a new message (ours or from another tab) is what the user wants to see
@@ -305,9 +335,14 @@ function send(frame) {
 function submit() {
   const content = prompt.value;
   if (!content.trim() || activeId) return;
-  if (!send({ type: "send", content, attachments: [], client_id: crypto.randomUUID() })) return;
+  if (images.busy()) {
+    showError(t.still_uploading);
+    return;
+  }
+  if (!send({ type: "send", content, attachments: images.ids(), client_id: crypto.randomUUID() })) return;
   showError("");
   prompt.value = "";
+  sentImages = true;
 }
 
 function regenerate(node) {

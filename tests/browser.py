@@ -37,7 +37,7 @@ ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", settings.DATA_DIR / "test-arti
 GREEDY_DEMO = {**settings.DEEPSEEK_MODELS[0], "temperature": 0, "max_new_tokens": 96}
 ECHO = {**GREEDY_DEMO, "name": "echo-reasoner", "reasoning": True, "demo": False}
 VISION = {"name": "deepseek-vl", "path": str(settings.DEMO_MODELS_DIR / "demo-vision"), "vision": True, "demo": True,
-          "max_context": 2048, "temperature": 0, "max_new_tokens": 16}
+          "max_context": 2048, "temperature": 0, "max_new_tokens": 48}
 BROWSER_MODELS = [GREEDY_DEMO, ECHO, VISION]
 
 

@@ -62,7 +62,15 @@ class ImagesInChromiumTests(BrowserTestCase):
         # One can be taken back before sending.
         page.locator("#attachment-tray .remove-attachment").nth(1).click()
         assert page.locator("#attachment-tray .attachment-chip").count() == 2
+        page.evaluate("""window.answerTexts = new Set();
+          new MutationObserver(() => {
+            const answer = document.querySelector('.message.assistant.streaming .content');
+            if (answer) window.answerTexts.add(answer.textContent);
+          }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true,
+                                                          attributes: true});""")
         self.ask("What colours are these?")
+        # Streamed: the answer was seen growing through several texts before it finished.
+        assert page.evaluate("window.answerTexts.size") > 2
         assert page.locator(".message.user .message-images img").count() == 2
         assert page.locator("#attachment-tray .attachment-chip").count() == 0 and page.is_hidden("#attachment-tray")
         assert Attachment.objects.filter(message__isnull=False).count() == 2

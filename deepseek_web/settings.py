@@ -151,6 +151,9 @@ ATTACHMENT_MAX_BYTES = env_int("ATTACHMENT_MAX_BYTES", 10 * 1024 * 1024, minimum
 ATTACHMENT_MAX_PIXELS = env_int("ATTACHMENT_MAX_PIXELS", 40_000_000, minimum=1)
 ATTACHMENTS_PER_MESSAGE = env_int("ATTACHMENTS_PER_MESSAGE", 4, minimum=1)
 ATTACHMENTS_PER_USER = env_int("ATTACHMENTS_PER_USER", 1000, minimum=1)
+# API image_url parts with http(s) URLs: refused unless enabled (the server would fetch them).
+REMOTE_IMAGES_ENABLED = env_bool("REMOTE_IMAGES_ENABLED", False)
+REMOTE_IMAGES_TIMEOUT = env_float("REMOTE_IMAGES_TIMEOUT", 10.0, minimum=0.1)
 ATTACHMENT_BYTES_PER_USER = env_int("ATTACHMENT_BYTES_PER_USER", 1024 * 1024 * 1024, minimum=1024)
 
 # --- Redis: one URL for the channel layer and the Celery broker.

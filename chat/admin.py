@@ -26,3 +26,4 @@ class MessageAdmin(admin.ModelAdmin):
     list_display = ("id", "conversation", "role", "status", "finish_reason", "completion_tokens", "created_at")
     list_filter = ("status", "role")
     readonly_fields = ("id", "created_at")
+from . import audit_admin  # noqa: E402,F401

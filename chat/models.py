@@ -126,3 +126,4 @@ class Attachment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.mime} {self.width}×{self.height} of {self.owner_id}"
+from .models_audit import AuditCheckpoint, AuditEvent, ModerationRule  # noqa: E402,F401

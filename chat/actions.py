@@ -22,7 +22,7 @@ from inference.prompt_check import message_tokens, room_for_prompt
 from inference.registry import ModelSpec, UnknownModel, default_model, get_model
 from inference.routing import queue_for
 
-from . import liveness, threads, uploads
+from . import audit, liveness, moderation, threads, uploads
 from .errors import ChatError
 from .models import Conversation, Message
 
@@ -96,6 +96,20 @@ def check_content(content: Any) -> str:
             % {"length": len(content), "limit": settings.MAX_PROMPT_CHARS},
         )
     return content
+
+
+def check_moderated(user: AbstractBaseUser | None, text: str, *, request: Any = None, conversation_id: Any = None,
+                    model: str = "", field: str = "prompt") -> None:
+    """The moderation pipeline on text bound for a model, before anything is saved or queued. A block
+    is recorded for staff (stage, rule, category: never the text, only its hash) and the user gets
+    only the notice."""
+    verdict = moderation.current_moderator().check_input(text)
+    if verdict.allowed:
+        return
+    audit.record("moderation_block", actor=user, request=request, conversation_id=conversation_id, model=model,
+                 input_text=text, verdict="blocked", detail={"direction": "input", "field": field,
+                                                             **verdict.as_detail()})
+    raise ChatError("content_filter", str(moderation.NOTICE))
 
 
 def check_fits(spec: ModelSpec, content: str, system_prompt: str = "") -> None:
@@ -178,6 +192,7 @@ def do_send_message(
     announce: Callable[[SentMessage], None] | None = None,
     edit_of: Any = None,
     attachments: Any = None,
+    request: Any = None,
 ) -> SentMessage:
     """Save the user's message and a pending answer, and queue the answer's generation.
 
@@ -187,6 +202,7 @@ def do_send_message(
     answer's deltas can exist."""
     content = check_content(content)
     conversation = get_conversation(user, conversation_id)
+    check_moderated(user, content, request=request, conversation_id=conversation.id, model=conversation.model)
     spec = _model_of(conversation)
     check_fits(spec, content, conversation.system_prompt)
     images = uploads.check_attachments(user, attachments) if attachments else []

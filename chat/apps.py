@@ -7,4 +7,4 @@ class ChatConfig(AppConfig):
     verbose_name = "Chat"
 
     def ready(self) -> None:
-        from . import uploads  # noqa: F401  (connects the signal that deletes files with their rows)
+        from . import audit_hooks, uploads  # noqa: F401  (connect their signal receivers)

@@ -7,7 +7,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
-from . import uploads
+from . import audit, uploads
 from .errors import ChatError
 
 
@@ -24,6 +24,8 @@ def upload(request: HttpRequest) -> JsonResponse:
                             % {"size": sent.size, "limit": settings.ATTACHMENT_MAX_BYTES})
         attachment = uploads.do_upload(request.user, sent.read())
     except ChatError as exc:
+        audit.record("upload_rejected", request=request, verdict=exc.code,
+                     detail={"code": exc.code, "size": sent.size if sent is not None else 0})
         return JsonResponse({"error": {"code": exc.code, "message": exc.message}}, status=400)
     return JsonResponse(uploads.describe(attachment), status=201)
 

@@ -120,7 +120,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await database_sync_to_async(actions.do_send_message)(
             self.scope["user"], self.conversation_id, frame.get("content"), client_id, announce=self._announce,
             edit_of=frame.get("edit_of"),  # an edit: the new message is a version of that one
-            attachments=frame.get("attachments") or None,
+            attachments=frame.get("attachments") or None, request=self.scope,
         )
 
     def _announce(self, sent: actions.SentMessage) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from . import events, liveness, threads
+from . import audit, events, liveness, moderation, threads
 from .frames import delta_frame, done_frame, error_frame, message_frame
 from .models import Attachment, Message
+from .moderation import ALLOWED, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class ReplyJob:
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
+    user_id: int | None = None  # the asker, for the audit event
+    claimed_at: float = field(default_factory=time.monotonic)
 
 
 def claim(message_id: str) -> ReplyJob | None:
@@ -63,7 +66,13 @@ def claim(message_id: str) -> ReplyJob | None:
     if conversation.system_prompt:
         history.insert(0, {"role": "system", "content": conversation.system_prompt})
     return ReplyJob(str(answer.id), str(conversation.id), conversation.model, history,
-                    conversation.temperature, conversation.top_p, conversation.max_tokens)
+                    conversation.temperature, conversation.top_p, conversation.max_tokens, conversation.user_id)
+
+
+def _user(user_id: int | None) -> Any:
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.filter(id=user_id).first() if user_id else None
 
 
 def _images_by_message(message_ids: list[Any]) -> dict[Any, list[bytes]]:
@@ -87,6 +96,7 @@ class ReplyWriter:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     abandoned: bool = False
+    filtered: Verdict | None = None  # the moderation verdict that cut the answer
     _unsent_content: str = ""
     _unsent_reasoning: str = ""
     _last_flush: float = 0.0
@@ -95,6 +105,9 @@ class ReplyWriter:
 
     def __post_init__(self) -> None:
         self._stop = liveness.cancel_watch.watch(self.job.message_id)
+        moderator = moderation.current_moderator()
+        self._content_watch = moderator.output_watch()
+        self._reasoning_watch = moderator.output_watch()
 
     def close(self) -> None:
         liveness.cancel_watch.unwatch(self.job.message_id)
@@ -110,10 +123,16 @@ class ReplyWriter:
         self._row().update(prompt_tokens=prompt_tokens)
 
     def append(self, content: str, reasoning: str, completion_tokens: int) -> bool:
-        """Add text; returns False when the answer must stop (Stop pressed, nobody watching, or
-        the row deleted)."""
+        """Add text; returns False when the answer must stop (Stop pressed, nobody watching, the
+        row deleted, or the text tripped a moderation rule: see `filtered`)."""
         if self._stop.is_set():
             return False
+        # Moderated before it is saved or published: text that trips a rule never leaves the worker.
+        for watch, text in ((self._content_watch, content), (self._reasoning_watch, reasoning)):
+            verdict = watch.feed(text) if text else ALLOWED
+            if not verdict.allowed:
+                self.filtered = verdict
+                return False
         self.content += content
         self.reasoning += reasoning
         self._unsent_content += content
@@ -130,6 +149,15 @@ class ReplyWriter:
         if now - self._last_flush < self.flush_seconds:
             return True
         return self.flush()
+
+    def final_check(self) -> bool:
+        """At the natural end: a rule that needed the text's end to be sure (a word's last letter)."""
+        for watch in (self._content_watch, self._reasoning_watch):
+            verdict = watch.finish()
+            if not verdict.allowed:
+                self.filtered = verdict
+                return False
+        return True
 
     def flush(self) -> bool:
         if not (self._unsent_content or self._unsent_reasoning):
@@ -159,6 +187,7 @@ class ReplyWriter:
             reasoning=self.reasoning, seq=final_seq, prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens, stop_requested=False, updated_at=timezone.now(),
         )
+        self._audit(finish_reason if saved else "deleted")
         if not saved:  # deleted meanwhile: nobody to tell
             return None
         if unsent:
@@ -173,8 +202,29 @@ class ReplyWriter:
         self._publish(done_frame(message))
         return message
 
+    def _audit(self, outcome: str) -> None:
+        """One audit event per generation: hashes of the question and the answer, never their text."""
+        question = next((m["content"] for m in reversed(self.job.history) if m["role"] == "user"), "")
+        detail: dict[str, Any] = {"finish_reason": outcome}
+        if self.filtered is not None:
+            detail.update({"direction": "output", **self.filtered.as_detail()})
+        audit.record(
+            "model_call", actor=_user(self.job.user_id), conversation_id=self.job.conversation_id,
+            message_id=self.job.message_id, model=self.job.model, input_text=question, output_text=self.content,
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+            latency_ms=round((time.monotonic() - self.job.claimed_at) * 1000),
+            verdict="content_filter" if self.filtered is not None else outcome, detail=detail,
+        )
+
     def done(self, finish_reason: str) -> Message | None:
         return self.finish(Message.Status.DONE, finish_reason)
+
+    def content_filtered(self) -> Message | None:
+        """End a cut answer: its partial text is replaced by the notice the page shows (an empty
+        answer with finish_reason content_filter); nothing of the tripping text is kept."""
+        self.content = self.reasoning = ""
+        self._unsent_content = self._unsent_reasoning = ""
+        return self.finish(Message.Status.DONE, "content_filter")
 
     def cancelled(self) -> Message | None:
         return self.finish(Message.Status.CANCELLED, "cancelled")

@@ -8,6 +8,7 @@ from django.contrib import messages as flash
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.views import PasswordChangeView
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -16,7 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from inference.registry import all_models, default_model
 
-from . import actions, exports, threads
+from . import actions, audit, exports, threads
 from .actions import ChatError
 from .forms import ConversationSettingsForm
 from .frames import message_frame
@@ -33,6 +34,7 @@ def signup(request: HttpRequest) -> HttpResponse:
     form = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
+        audit.record("signup", actor=user, request=request)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("home")
     return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
@@ -125,8 +127,9 @@ def rename(request: HttpRequest, conversation_id) -> HttpResponse:
 @login_required
 @require_POST
 def delete(request: HttpRequest, conversation_id) -> HttpResponse:
-    _owned(request, conversation_id)
+    found = _owned(request, conversation_id)
     actions.do_delete_conversation(request.user, conversation_id)
+    audit.record("conversation_deleted", request=request, conversation_id=found.id, model=found.model)
     flash.success(request, _("The conversation was deleted."))
     return redirect("home")
 
@@ -148,6 +151,7 @@ def update_settings(request: HttpRequest, conversation_id) -> HttpResponse:
 @require_GET
 def export(request: HttpRequest, conversation_id, ext: str) -> HttpResponse:
     found = _owned(request, conversation_id)
+    audit.record("conversation_exported", request=request, conversation_id=found.id, detail={"format": ext})
     if ext == "json":
         body = json.dumps(exports.export_json(found), ensure_ascii=False, indent=2)
         content_type = "application/json; charset=utf-8"
@@ -173,6 +177,15 @@ def import_conversation(request: HttpRequest) -> HttpResponse:
         return _page(request, status=400, import_error=_("The file could not be imported: %(reason)s")
                      % {"reason": exc.message})
     return redirect("conversation", conversation_id=imported.id)
+
+
+class AuditedPasswordChangeView(PasswordChangeView):
+    """Django's password change, with an audit event when it succeeds."""
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        audit.record("password_change", request=self.request)
+        return response
 
 
 @require_GET

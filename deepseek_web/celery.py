@@ -7,4 +7,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
 
 app = Celery("deepseek_web")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["inference"])
+app.autodiscover_tasks(["inference"])  # chat.audit's task registers when the chat app loads

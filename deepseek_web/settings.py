@@ -52,6 +52,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "chat.middleware.AuditMiddleware",
+    "chat.middleware.ModerationMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
 ]
@@ -185,6 +187,17 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Must exceed the longest generation, or a still-running task is delivered a second time.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Periodic work (the run command's worker embeds the scheduler): audit retention, daily.
+CELERY_BEAT_SCHEDULE = {
+    "prune-audit-events": {"task": "chat.audit.prune_audit_events", "schedule": 24 * 3600},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+# --- Audit log and moderation (chat/audit.py, chat/moderation.py).
+AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 365, minimum=1)
+AUDIT_TRUSTED_PROXY_COUNT = env_int("AUDIT_TRUSTED_PROXY_COUNT", 0, minimum=0)
+MODERATION_ENABLED = env_bool("MODERATION_ENABLED", True)
+MODERATION_CLASSIFIER_PATH = env_str("MODERATION_CLASSIFIER_PATH", "")
 
 # --- Chat and models.
 DEMO_MODELS_DIR = DATA_DIR / "models"

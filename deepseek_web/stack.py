@@ -59,7 +59,8 @@ def main() -> int:
     if redis is not None:
         print(f"started a private Redis on 127.0.0.1:{redis.port} (REDIS_URL was not reachable)", flush=True)
     env = dict(os.environ)
-    queues = ",".join(sorted({spec.celery_queue for spec in models}))
+    # The model queues, plus the default queue for periodic jobs (audit retention) from the embedded beat.
+    queues = ",".join(sorted({spec.celery_queue for spec in models} | {settings.CELERY_TASK_DEFAULT_QUEUE}))
     concurrency = os.environ.get("WORKER_CONCURRENCY", "8")
     processes: list[subprocess.Popen] = []
     stopping = False
@@ -73,7 +74,8 @@ def main() -> int:
     try:
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-P", "threads", "-c", concurrency,
-             "-Q", queues, "-n", f"worker-{free_port()}@%h", "--loglevel", "INFO"], env=env,
+             "-Q", queues, "-n", f"worker-{free_port()}@%h", "--loglevel", "INFO", "-B",
+             "-s", settings.CELERY_BEAT_SCHEDULE_FILENAME], env=env,
         ))
         daphne = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "deepseek_web.asgi:application"], env=env

@@ -63,12 +63,15 @@ def generate(message_id: str) -> None:
                 break
         else:
             writer.completion_tokens = stats.completion_tokens
-            if writer.flush():
+            if writer.final_check() and writer.flush():
                 writer.done(stats.finish_reason)
                 engine.remember_turn(job.conversation_id, job.history, writer.content, prompt_ids, stats)
                 return
-        # The text was refused: Stop was pressed, nobody is watching, or the row was deleted.
-        if writer.should_cancel():
+        # The text was refused: a moderation rule tripped, Stop was pressed, nobody is watching,
+        # or the row was deleted.
+        if writer.filtered is not None:
+            writer.content_filtered()
+        elif writer.should_cancel():
             writer.cancelled()
     except (UnknownModel, ModelLoadError, PromptTooLong) as exc:
         writer.fail(str(exc))

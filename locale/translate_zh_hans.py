@@ -169,6 +169,63 @@ ZH_HANS = {
     "Images for the next message": "下一条消息的图片",
     "Attach images": "附加图片",
     "Attach images (or drop or paste them)": "附加图片（也可以拖放或粘贴）",
+    # API content parts.
+    "An image data: URL must be base64-encoded (data:image/png;base64,…).":
+        "图片 data: URL 必须是 base64 编码（data:image/png;base64,…）。",
+    "The image is larger than the %(limit)d bytes allowed.": "图片超过允许的 %(limit)d 字节。",
+    "The image data: URL is not valid base64.": "图片 data: URL 不是有效的 base64。",
+    "content must be a string or a list of parts.": "content 必须是字符串或由多个部分组成的列表。",
+    "Part %(index)d: image_url.url must be a string.": "第 %(index)d 部分：image_url.url 必须是字符串。",
+    "Part %(index)d must be a text or an image_url part.": "第 %(index)d 部分必须是 text 或 image_url 类型。",
+    # Audit log and moderation (the admin, the notice).
+    "Notes": "备注",
+    "Model call": "模型调用",
+    "Sign-up": "注册",
+    "Login": "登录",
+    "Failed login": "登录失败",
+    "Logout": "退出登录",
+    "Password change": "修改密码",
+    "API key created": "创建 API 密钥",
+    "API key revoked": "吊销 API 密钥",
+    "Conversation deleted": "删除对话",
+    "Conversation exported": "导出对话",
+    "Upload rejected": "拒绝上传",
+    "Moderation block": "审核拦截",
+    "Admin change": "管理后台变更",
+    "HTTP request": "HTTP 请求",
+    "audit event": "审计事件",
+    "The pattern is empty.": "规则内容为空。",
+    "This regular expression does not compile: %(error)s": "此正则表达式无法编译：%(error)s",
+    "Keyword": "关键词",
+    "Regular expression": "正则表达式",
+    "Violence": "暴力",
+    "Self-harm": "自我伤害",
+    "Child safety": "儿童安全",
+    "Credentials": "凭据",
+    "Personal data": "个人数据",
+    "Custom": "自定义",
+    "User input": "用户输入",
+    "Model output": "模型输出",
+    "Both": "两者",
+    "moderation rule": "审核规则",
+    "This content was withheld by the content filter.": "此内容已被内容过滤器拦截。",
+    "Unknown rule kind “%(kind)s”.": "未知的规则类型“%(kind)s”。",
+    "A keyword can be at most %(limit)d characters long.": "关键词最长为 %(limit)d 个字符。",
+    "This regular expression matches empty text, so it would block everything.":
+        "此正则表达式会匹配空文本，因此会拦截所有内容。",
+    "Nested repetition such as (a+)+ can take exponential time; use a possessive quantifier (a++) or an atomic "
+    "group (?>…) inside.": "(a+)+ 这样的嵌套重复可能耗费指数级时间；请在内部使用占有量词 (a++) 或原子组 (?>…)。",
+    "Chain BROKEN at event %(id)s: %(reason)s": "哈希链在事件 %(id)s 处断开：%(reason)s",
+    "Export CSV": "导出 CSV",
+    "Not sent": "未发送",
+    "Back to your conversations": "返回你的对话",
+}
+
+# Entries with plural forms (Chinese has one form).
+ZH_HANS_PLURAL = {
+    "Chain OK — the newest %(counter)s event (run manage.py verify_audit_chain to check them all)":
+        "哈希链正常 — 最新的 %(counter)s 个事件（运行 manage.py verify_audit_chain 检查全部）",
+    "Chain OK — %(counter)s event": "哈希链正常 — %(counter)s 个事件",
 }
 
 if __name__ == "__main__":
@@ -176,7 +233,14 @@ if __name__ == "__main__":
     catalogue = polib.pofile(str(folder / "django.po"))
     missing = []
     for entry in catalogue:
-        if entry.msgid in ZH_HANS:
+        if entry.msgid_plural and entry.msgid in ZH_HANS_PLURAL:
+            entry.msgstr_plural = {0: ZH_HANS_PLURAL[entry.msgid]}
+            if "fuzzy" in entry.flags:
+                entry.flags.remove("fuzzy")
+        elif entry.msgid_plural:
+            entry.msgstr_plural = {0: ""}
+            missing.append(entry.msgid)
+        elif entry.msgid in ZH_HANS:
             entry.msgstr = ZH_HANS[entry.msgid]
             if "fuzzy" in entry.flags:
                 entry.flags.remove("fuzzy")

@@ -198,6 +198,8 @@ AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 365, minimum=1)
 AUDIT_TRUSTED_PROXY_COUNT = env_int("AUDIT_TRUSTED_PROXY_COUNT", 0, minimum=0)
 MODERATION_ENABLED = env_bool("MODERATION_ENABLED", True)
 MODERATION_CLASSIFIER_PATH = env_str("MODERATION_CLASSIFIER_PATH", "")
+# Staff edits to rules in the admin reach every process within this many seconds.
+MODERATION_RULES_TTL = env_float("MODERATION_RULES_TTL", 5.0, minimum=0.0)
 
 # --- Chat and models.
 DEMO_MODELS_DIR = DATA_DIR / "models"

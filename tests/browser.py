@@ -47,6 +47,17 @@ class FreshConnectionsDaphne(DaphneProcess):
         connections.close_all()
         super().start()
 
+    def run(self):
+        # In the child: asgiref's shared executor was copied with a record of the parent's worker
+        # thread, which did not survive the fork; work sent to it would wait forever (every
+        # database_sync_to_async call, once an earlier test in this process had used one).
+        from concurrent.futures import ThreadPoolExecutor
+
+        from asgiref.sync import SyncToAsync
+
+        SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
+        super().run()
+
 
 @pytest.mark.browser
 @pytest.mark.integration

@@ -127,3 +127,22 @@ class Attachment(models.Model):
     def __str__(self) -> str:
         return f"{self.mime} {self.width}×{self.height} of {self.owner_id}"
 from .models_audit import AuditCheckpoint, AuditEvent, ModerationRule  # noqa: E402,F401
+
+
+class ApiKey(models.Model):
+    """A user's key for the /v1 API. Only its SHA-256 is stored; the prefix identifies it on pages."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16)  # "sk-" and the first characters, shown to tell keys apart
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name or 'unnamed'}) of {self.user_id}"

@@ -219,6 +219,9 @@ ZH_HANS = {
     "Export CSV": "导出 CSV",
     "Not sent": "未发送",
     "Back to your conversations": "返回你的对话",
+    # API keys.
+    "A key name is text of at most %(limit)d characters.": "密钥名称最多 %(limit)d 个字符。",
+    "No such key.": "没有这个密钥。",
 }
 
 # Entries with plural forms (Chinese has one form).

@@ -1,7 +1,6 @@
 """Uploading images and serving them back, to their owner only."""
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils.translation import gettext as _
@@ -19,9 +18,7 @@ def upload(request: HttpRequest) -> JsonResponse:
     try:
         if sent is None:
             raise ChatError("no_file", _("Choose an image to attach."))
-        if sent.size > settings.ATTACHMENT_MAX_BYTES:  # before reading it into memory
-            raise ChatError("too_large", _("The image is %(size)d bytes; the limit is %(limit)d.")
-                            % {"size": sent.size, "limit": settings.ATTACHMENT_MAX_BYTES})
+        uploads.check_size(sent.size)  # before reading it into memory
         attachment = uploads.do_upload(request.user, sent.read())
     except ChatError as exc:
         audit.record("upload_rejected", request=request, verdict=exc.code,

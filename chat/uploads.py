@@ -42,11 +42,16 @@ def check_quota(user: AbstractBaseUser, adding: int) -> None:
                         % {"limit": settings.ATTACHMENT_BYTES_PER_USER // (1024 * 1024)})
 
 
+def check_size(size: int) -> None:
+    """The byte cap, checkable before an upload is read into memory."""
+    if size > settings.ATTACHMENT_MAX_BYTES:
+        raise ChatError("too_large", _("The image is %(size)d bytes; the limit is %(limit)d.")
+                        % {"size": size, "limit": settings.ATTACHMENT_MAX_BYTES})
+
+
 def do_upload(user: AbstractBaseUser, raw: bytes) -> Attachment:
     """Validate an uploaded image, store it and its thumbnail, and record it as the user's."""
-    if len(raw) > settings.ATTACHMENT_MAX_BYTES:
-        raise ChatError("too_large", _("The image is %(size)d bytes; the limit is %(limit)d.")
-                        % {"size": len(raw), "limit": settings.ATTACHMENT_MAX_BYTES})
+    check_size(len(raw))
     try:
         image = validate_image(raw, limits())
     except ImageRejected as exc:

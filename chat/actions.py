@@ -43,7 +43,8 @@ def _parse_uuid(value: Any, what: str) -> uuid.UUID:
 
 
 def conversations_for(user: AbstractBaseUser):
-    return Conversation.objects.filter(user=user).order_by("-updated_at")
+    """The user's chats (API requests are kept apart: they are not chats to reopen)."""
+    return Conversation.objects.filter(user=user, source=Conversation.Source.CHAT).order_by("-updated_at")
 
 
 def get_conversation(user: AbstractBaseUser, conversation_id: Any) -> Conversation:

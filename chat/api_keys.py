@@ -46,12 +46,19 @@ def do_revoke_key(user: AbstractBaseUser, key_id: Any, request: Any = None) -> A
     return row
 
 
-def authenticate(key: Any) -> AbstractBaseUser | None:
-    """The active owner of a live key, or None (unknown, revoked, or the user deactivated)."""
+def authenticate_key(key: Any) -> ApiKey | None:
+    """The live key (its `user` active), or None: unknown, revoked, or the user deactivated."""
     if not isinstance(key, str) or not key.startswith(KEY_PREFIX) or len(key) > 200:
         return None
     row = ApiKey.objects.select_related("user").filter(key_hash=key_hash(key), revoked_at=None).first()
     if row is None or not row.user.is_active:
         return None
-    ApiKey.objects.filter(id=row.id).update(last_used_at=timezone.now())
-    return row.user
+    row.last_used_at = timezone.now()
+    ApiKey.objects.filter(id=row.id).update(last_used_at=row.last_used_at)
+    return row
+
+
+def authenticate(key: Any) -> AbstractBaseUser | None:
+    """The active owner of a live key, or None."""
+    row = authenticate_key(key)
+    return row.user if row is not None else None

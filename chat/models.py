@@ -28,9 +28,20 @@ class Conversation(models.Model):
         "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
 
+    class Source(models.TextChoices):
+        CHAT = "chat"  # the chat pages
+        API = "api"  # one /v1/chat/completions request (not listed with the user's chats)
+
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.CHAT)
+    api_key = models.ForeignKey("ApiKey", null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="conversations")
+    # Options of an API request that the chat pages do not offer.
+    stop = models.JSONField(default=list, blank=True)  # strings that end the answer
+    seed = models.BigIntegerField(null=True, blank=True)  # makes sampling repeatable
+
     class Meta:
         ordering = ["-updated_at"]
-        indexes = [models.Index(fields=["user", "-updated_at"], name="conversation_recent")]
+        indexes = [models.Index(fields=["user", "source", "-updated_at"], name="conversation_recent_by_source")]
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.id}"
@@ -146,3 +157,24 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.name or 'unnamed'}) of {self.user_id}"
+
+
+class ApiUsage(models.Model):
+    """A user's /v1 use on one day (UTC): what the daily token quota and the usage page read."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_usage")
+    day = models.DateField()
+    requests = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day"]
+        constraints = [models.UniqueConstraint(fields=["user", "day"], name="api_usage_one_row_per_day")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} on {self.day}: {self.requests} requests"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

@@ -71,6 +71,7 @@ class AuditEvent(ImmutableModel):
         PASSWORD_CHANGE = "password_change", _("Password change")
         API_KEY_CREATED = "api_key_created", _("API key created")
         API_KEY_REVOKED = "api_key_revoked", _("API key revoked")
+        API_KEY_REJECTED = "api_key_rejected", _("API key rejected")
         CONVERSATION_DELETED = "conversation_deleted", _("Conversation deleted")
         CONVERSATION_EXPORTED = "conversation_exported", _("Conversation exported")
         UPLOAD_REJECTED = "upload_rejected", _("Upload rejected")

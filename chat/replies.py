@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from . import audit, events, liveness, moderation, threads
+from . import api_usage, audit, events, liveness, moderation, threads
 from .frames import delta_frame, done_frame, error_frame, message_frame
 from .models import Attachment, Message
 from .moderation import ALLOWED, Verdict
@@ -38,6 +38,11 @@ class ReplyJob:
     max_tokens: int | None = None
     user_id: int | None = None  # the asker, for the audit event
     claimed_at: float = field(default_factory=time.monotonic)
+    # API requests only: strings that end the answer, a sampling seed, and where it came from
+    # ("api" answers count against the user's daily token quota).
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    source: str = "chat"
 
 
 def claim(message_id: str) -> ReplyJob | None:
@@ -66,7 +71,8 @@ def claim(message_id: str) -> ReplyJob | None:
     if conversation.system_prompt:
         history.insert(0, {"role": "system", "content": conversation.system_prompt})
     return ReplyJob(str(answer.id), str(conversation.id), conversation.model, history,
-                    conversation.temperature, conversation.top_p, conversation.max_tokens, conversation.user_id)
+                    conversation.temperature, conversation.top_p, conversation.max_tokens, conversation.user_id,
+                    stop=list(conversation.stop or []), seed=conversation.seed, source=conversation.source)
 
 
 def _user(user_id: int | None) -> Any:
@@ -188,6 +194,8 @@ class ReplyWriter:
             completion_tokens=self.completion_tokens, stop_requested=False, updated_at=timezone.now(),
         )
         self._audit(finish_reason if saved else "deleted")
+        if self.job.source == "api" and self.job.user_id is not None:
+            api_usage.record_tokens(self.job.user_id, self.prompt_tokens, self.completion_tokens)
         if not saved:  # deleted meanwhile: nobody to tell
             return None
         if unsent:

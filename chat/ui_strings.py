@@ -15,6 +15,7 @@ def ui_strings() -> dict[str, str]:
         "filtered": _("This answer was withheld by the content filter."),
         "copy": _("Copy"),
         "copied": _("Copied"),
+        "copy_failed": _("Could not copy; the text is selected, so press Ctrl+C."),
         "copy_code": _("Copy code"),
         "regenerate": _("Regenerate"),
         "edit": _("Edit"),

@@ -1,7 +1,7 @@
 """Chat pages."""
 from django.urls import path, re_path
 
-from . import attachment_views, views
+from . import api_key_views, attachment_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -17,4 +17,6 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/settings/", views.update_settings, name="conversation_settings"),
     re_path(r"^c/(?P<conversation_id>[0-9a-f-]{36})/export\.(?P<ext>md|json)$", views.export,
             name="export_conversation"),
+    path("account/api-keys/", api_key_views.api_keys_page, name="api_keys"),
+    path("account/api-keys/<uuid:key_id>/revoke/", api_key_views.revoke_api_key, name="revoke_api_key"),
 ]

@@ -240,6 +240,19 @@ ABANDONED_AFTER_SECONDS = env_float("ABANDONED_AFTER_SECONDS", 60.0, minimum=0.1
 SOCKET_FRAME_BURST = env_int("SOCKET_FRAME_BURST", 20, minimum=1)
 SOCKET_FRAMES_PER_SECOND = env_float("SOCKET_FRAMES_PER_SECOND", 2.0, minimum=0.01)
 
+# The /v1 API: per-user limits (0 = none), how long a response waits between keep-alive
+# comments while its answer is queued, and the largest request body it reads.
+API_REQUESTS_PER_MINUTE = env_int("API_REQUESTS_PER_MINUTE", 60, minimum=0)
+API_CONCURRENT_REQUESTS = env_int("API_CONCURRENT_REQUESTS", 4, minimum=0)
+API_TOKENS_PER_DAY = env_int("API_TOKENS_PER_DAY", 1_000_000, minimum=0)
+API_KEEPALIVE_SECONDS = env_float("API_KEEPALIVE_SECONDS", 10.0, minimum=0.05)
+# An answer no worker has taken after this long is cancelled and the request answered 503
+# (DeepSeek's API closes a connection whose inference has not started after 10 minutes).
+API_QUEUE_TIMEOUT_SECONDS = env_float("API_QUEUE_TIMEOUT_SECONDS", 600.0, minimum=1.0)
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024 * 1024, minimum=1024)
+# API requests are kept (as hidden conversations) this long, then removed by the daily prune.
+API_HISTORY_DAYS = env_int("API_HISTORY_DAYS", 7, minimum=0)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

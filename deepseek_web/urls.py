@@ -1,8 +1,8 @@
-"""URL roots: accounts, admin, languages, health, and the chat pages."""
+"""URL roots: accounts, admin, languages, health, the /v1 API, and the chat pages."""
 from django.contrib import admin
 from django.urls import include, path
 
-from chat import views
+from chat import api_views, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -11,5 +11,11 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("i18n/", include("django.conf.urls.i18n")),  # set_language: the choice is kept in a cookie
     path("healthz", views.healthz, name="healthz"),
+    # The OpenAI/DeepSeek-compatible API; anything else under /v1/ answers a JSON 404.
+    path("v1/chat/completions", api_views.chat_completions, name="api_chat_completions"),
+    path("v1/models", api_views.models, name="api_models"),
+    path("v1/openapi.json", api_views.openapi, name="api_openapi"),
+    path("v1/<path:rest>", api_views.not_found),
+    path("v1", api_views.not_found),
     path("", include("chat.urls")),
 ]

@@ -39,3 +39,16 @@ def message_tokens(spec: ModelSpec, content: str, system_prompt: str = "") -> in
 
 def room_for_prompt(spec: ModelSpec) -> int:
     return spec.max_context - spec.max_new_tokens
+
+
+def chat_tokens(spec: ModelSpec, history: list[dict[str, str]]) -> int | None:
+    """Tokens a whole conversation takes as a prompt (the /v1 API checks it fits before queueing);
+    None when the tokenizer is unavailable (or the model is served by an upstream server)."""
+    if spec.extra.get("backend", getattr(spec, "backend", "local")) != "local":
+        return None
+    tokenizer = _tokenizer(spec.path)
+    if tokenizer is None:
+        return None
+    text = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=spec.reasoning)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -187,6 +187,7 @@ ZH_HANS = {
     "Password change": "修改密码",
     "API key created": "创建 API 密钥",
     "API key revoked": "吊销 API 密钥",
+    "API key rejected": "拒绝 API 密钥",
     "Conversation deleted": "删除对话",
     "Conversation exported": "导出对话",
     "Upload rejected": "拒绝上传",
@@ -222,6 +223,58 @@ ZH_HANS = {
     # API keys.
     "A key name is text of at most %(limit)d characters.": "密钥名称最多 %(limit)d 个字符。",
     "No such key.": "没有这个密钥。",
+    "You have used your %(limit)d tokens for today; the quota renews at 00:00 UTC.":
+        "你今天的 %(limit)d 个 token 已用完；额度在 UTC 00:00 重置。",
+    "More than %(limit)d requests in a minute; wait and retry.": "一分钟内的请求超过 %(limit)d 个；请稍后重试。",
+    "%(limit)d requests are already running for you; wait for one to finish.":
+        "你已有 %(limit)d 个请求正在运行；请等其中一个完成。",
+    # The API keys page.
+    "API keys": "API 密钥",
+    "Skip to the content": "跳到正文",
+    "Programs use a key to call this site's models through its OpenAI-compatible API. Treat a key like a "
+    "password: anyone who has it can use your quota.":
+        "程序用密钥通过本站兼容 OpenAI 的 API 调用模型。请像对待密码一样保管密钥：任何拿到它的人都能使用你的额度。",
+    "Your new key": "你的新密钥",
+    "Copy it now: it will not be shown again.": "请立即复制：它不会再次显示。",
+    "Only a fingerprint of it is stored, so nobody can show it to you later; if you lose it, create another one "
+    "and revoke this one.": "系统只保存它的指纹，之后谁也无法再把它显示给你；如果丢失，请新建一个并吊销这个。",
+    "Create a key": "创建密钥",
+    "Name (optional)": "名称（可选）",
+    "e.g. laptop, nightly job": "例如：笔记本、夜间任务",
+    "Create key": "创建密钥",
+    "Your keys": "你的密钥",
+    "Unnamed key": "未命名密钥",
+    "Key": "密钥",
+    "Created": "创建于",
+    "Last used": "最近使用",
+    "never": "从未使用",
+    "State": "状态",
+    "revoked on": "已吊销于",
+    "active": "有效",
+    "Revoke": "吊销",
+    "You have no keys yet.": "你还没有密钥。",
+    "Limits and today's use": "限额与今日用量",
+    "no limit": "不限",
+    "Requests today": "今日请求数",
+    "Tokens today": "今日 token 数",
+    "%(used)s of %(limit)s": "%(used)s / %(limit)s",
+    "prompt %(prompt)s + completion %(completion)s": "提示 %(prompt)s + 补全 %(completion)s",
+    "Requests running now": "正在运行的请求",
+    "%(running)s of %(limit)s at a time": "%(running)s / 最多同时 %(limit)s 个",
+    "Requests per minute": "每分钟请求数",
+    "Tokens used of today's quota": "今日 token 额度已用部分",
+    "Today's counts start again at 00:00 UTC.": "今日计数在 UTC 00:00 重新开始。",
+    "How to use a key": "如何使用密钥",
+    "The API speaks OpenAI's wire format, so the official openai package and DeepSeek's examples work when "
+    "pointed at this base URL:":
+        "此 API 使用 OpenAI 的接口格式，因此官方 openai 包和 DeepSeek 的示例只需指向这个基础 URL 即可使用：",
+    "base URL": "基础 URL",
+    "The examples read the key from the environment variable <code>DEEPSEEK_API_KEY</code>.":
+        "示例从环境变量 <code>DEEPSEEK_API_KEY</code> 读取密钥。",
+    "Python (the openai package)": "Python（openai 包）",
+    "The key %(prefix)s… was revoked; requests with it are refused from now on.":
+        "密钥 %(prefix)s… 已吊销；从现在起使用它的请求都会被拒绝。",
+    "Could not copy; the text is selected, so press Ctrl+C.": "无法复制；文本已选中，请按 Ctrl+C。",
 }
 
 # Entries with plural forms (Chinese has one form).

@@ -145,7 +145,7 @@ class LookAndAccessTests(BrowserTestCase):
             found[where] = violations
 
     def audit_the_main_pages(self, context, username: str, label: str, dark: bool = False) -> dict:
-        """axe on login, signup, home, a finished exchange, the settings panel and the delete dialog."""
+        """axe on login, signup, home, a finished exchange, the settings panel, the delete dialog and API keys."""
         found: dict = {}
         page = context.new_page()
         page.goto(f"{self.live_server_url}/accounts/login/")
@@ -173,6 +173,13 @@ class LookAndAccessTests(BrowserTestCase):
         page.wait_for_selector("#delete-dialog[open]")
         self.audit(page, f"{label}: delete dialog open", found)
         page.keyboard.press("Escape")
+        page.click("#api-keys-link")
+        page.wait_for_selector("#create-key-form")
+        self.audit(page, f"{label}: API keys, none yet", found)
+        page.fill("#key-name", "laptop")
+        page.click("#create-key")
+        page.wait_for_selector("#new-key")
+        self.audit(page, f"{label}: API keys, a new key shown once", found)
         page.close()
         return found
 

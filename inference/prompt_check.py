@@ -26,7 +26,10 @@ def _tokenizer(path: str) -> Any:
 
 def message_tokens(spec: ModelSpec, content: str, system_prompt: str = "") -> int | None:
     """Tokens the message takes as a single-turn prompt (after the system prompt, if any);
-    None when the tokenizer is unavailable."""
+    None when the tokenizer is unavailable, or when an upstream server serves the model (it has
+    no tokenizer here and enforces its own context limit)."""
+    if spec.upstream:
+        return None
     tokenizer = _tokenizer(spec.path)
     if tokenizer is None:
         return None
@@ -44,7 +47,7 @@ def room_for_prompt(spec: ModelSpec) -> int:
 def chat_tokens(spec: ModelSpec, history: list[dict[str, str]]) -> int | None:
     """Tokens a whole conversation takes as a prompt (the /v1 API checks it fits before queueing);
     None when the tokenizer is unavailable (or the model is served by an upstream server)."""
-    if spec.extra.get("backend", getattr(spec, "backend", "local")) != "local":
+    if spec.upstream:
         return None
     tokenizer = _tokenizer(spec.path)
     if tokenizer is None:

@@ -2,27 +2,36 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 
 from .batching import BatchConfig
-from .engine import Engine, GenerationStats, PromptTooLong, SamplingParams
+from .engine import Delta, Engine, GenerationStats, PromptTooLong, SamplingParams
 from .loading import ModelCache, ModelLoadError
 from .registry import ModelSpec, UnknownModel, all_models, get_model
 from .routing import Heartbeat, private_queue
+from .upstream import UpstreamEngine, UpstreamError
+
+if TYPE_CHECKING:
+    from chat.replies import ReplyJob, ReplyWriter
 
 log = logging.getLogger(__name__)
 _models = ModelCache()
-_engines: dict[ModelSpec, Engine] = {}
+_engines: dict[ModelSpec, Engine | UpstreamEngine] = {}
 
 
-def engine_for(spec: ModelSpec) -> Engine:
-    """The process-wide engine for a model, loading it on first use."""
+def engine_for(spec: ModelSpec) -> Engine | UpstreamEngine:
+    """The process-wide engine for a model, loading it on first use (an upstream model loads nothing)."""
     engine = _engines.get(spec)
     if engine is None:
-        # The batching manager takes token ids only: vision models answer one request per thread.
-        engine = _engines[spec] = Engine(_models.get(spec), spec, None if spec.vision else batch_config())
+        if spec.upstream:
+            engine = _engines[spec] = UpstreamEngine(spec)
+        else:
+            # The batching manager takes token ids only: vision models answer one request per thread.
+            engine = _engines[spec] = Engine(_models.get(spec), spec, None if spec.vision else batch_config())
     return engine
 
 
@@ -33,6 +42,18 @@ def batch_config() -> BatchConfig | None:
         return None
     return BatchConfig(page_size=settings.ENGINE_KV_PAGE_SIZE, num_blocks=settings.ENGINE_KV_BLOCKS,
                        max_batch_tokens=settings.ENGINE_MAX_BATCH_TOKENS)
+
+
+def sampling_params(spec: ModelSpec, job: ReplyJob) -> SamplingParams:
+    """The conversation's sampling settings within the operator's limits (None: the model's default)."""
+    return SamplingParams(
+        # The conversation may ask for fewer tokens than the operator allows, never more.
+        max_new_tokens=min(job.max_tokens or spec.max_new_tokens, spec.max_new_tokens),
+        temperature=spec.temperature if job.temperature is None else job.temperature,
+        top_p=spec.top_p if job.top_p is None else job.top_p,
+        seed=job.seed,
+        stop=tuple(job.stop),
+    )
 
 
 @shared_task(name="inference.tasks.generate", ignore_result=True)
@@ -47,33 +68,11 @@ def generate(message_id: str) -> None:
     try:
         spec = get_model(job.model)
         engine = engine_for(spec)
-        params = SamplingParams(
-            # The conversation may ask for fewer tokens than the operator allows, never more.
-            max_new_tokens=min(job.max_tokens or spec.max_new_tokens, spec.max_new_tokens),
-            temperature=spec.temperature if job.temperature is None else job.temperature,
-            top_p=spec.top_p if job.top_p is None else job.top_p,
-        )
-        prompt_ids = engine.encode_chat(job.history, params.max_new_tokens, conversation=job.conversation_id)
-        writer.start(len(prompt_ids))
-        stats = GenerationStats()
-        stream = engine.generate(prompt_ids, params, stats)
-        for delta in stream:
-            if not writer.append(delta.content, delta.reasoning, stats.completion_tokens):
-                stream.close()
-                break
+        if isinstance(engine, UpstreamEngine):
+            _answer_upstream(engine, job, sampling_params(spec, job), writer)
         else:
-            writer.completion_tokens = stats.completion_tokens
-            if writer.final_check() and writer.flush():
-                writer.done(stats.finish_reason)
-                engine.remember_turn(job.conversation_id, job.history, writer.content, prompt_ids, stats)
-                return
-        # The text was refused: a moderation rule tripped, Stop was pressed, nobody is watching,
-        # or the row was deleted.
-        if writer.filtered is not None:
-            writer.content_filtered()
-        elif writer.should_cancel():
-            writer.cancelled()
-    except (UnknownModel, ModelLoadError, PromptTooLong) as exc:
+            _answer_locally(engine, job, sampling_params(spec, job), writer)
+    except (UnknownModel, ModelLoadError, PromptTooLong, UpstreamError) as exc:
         writer.fail(str(exc))
     except Exception:
         log.exception("generation of %s failed", message_id)
@@ -83,6 +82,42 @@ def generate(message_id: str) -> None:
             log.exception("could not record the failure of %s", message_id)
     finally:
         writer.close()
+
+
+def _answer_locally(engine: Engine, job: ReplyJob, params: SamplingParams, writer: ReplyWriter) -> None:
+    prompt_ids = engine.encode_chat(job.history, params.max_new_tokens, conversation=job.conversation_id)
+    writer.start(len(prompt_ids))
+    stats = GenerationStats()
+    if _relay(engine.generate(prompt_ids, params, stats), stats, writer):
+        engine.remember_turn(job.conversation_id, job.history, writer.content, prompt_ids, stats)
+
+
+def _answer_upstream(engine: UpstreamEngine, job: ReplyJob, params: SamplingParams, writer: ReplyWriter) -> None:
+    # The upstream renders and counts the prompt itself; its count arrives with the last chunk.
+    writer.start(0)
+    stats = GenerationStats()
+    _relay(engine.generate(job.history, params, stats), stats, writer)
+
+
+def _relay(stream: Iterator[Delta], stats: GenerationStats, writer: ReplyWriter) -> bool:
+    """Feed the engine's deltas to the writer and finish the row; True when the answer ended on its own."""
+    for delta in stream:
+        if not writer.append(delta.content, delta.reasoning, stats.completion_tokens):
+            stream.close()
+            break
+    else:
+        writer.completion_tokens = stats.completion_tokens
+        writer.prompt_tokens = stats.prompt_tokens or writer.prompt_tokens
+        if writer.final_check() and writer.flush():
+            writer.done(stats.finish_reason)
+            return True
+    # The text was refused: a moderation rule tripped, Stop was pressed, nobody is watching,
+    # or the row was deleted.
+    if writer.filtered is not None:
+        writer.content_filtered()
+    elif writer.should_cancel():
+        writer.cancelled()
+    return False
 
 
 _heartbeats: list[Heartbeat] = []
@@ -114,6 +149,10 @@ def stop_engines(**kwargs) -> None:
     """The batching loops run in non-daemon threads: stop them, or the worker never exits."""
     while _heartbeats:
         _heartbeats.pop().stop()
-    for engine in list(_engines.values()):
-        if engine.batcher is not None:
+    for spec, engine in list(_engines.items()):
+        if isinstance(engine, UpstreamEngine):
+            # It holds nothing but a connection pool: close it, and open a new one if asked again.
+            _engines.pop(spec, None)
+            engine.close()
+        elif engine.batcher is not None:
             engine.batcher.stop(timeout=10)

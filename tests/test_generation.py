@@ -261,3 +261,59 @@ async def test_answers_queued_for_a_worker_that_went_silent_are_taken_by_a_live_
     assert saved.status == "done" and saved.content
     assert broker.llen(ghost_queue) == 0 and "ghost@nowhere" not in live_workers(QUEUE)
     assert broker.zscore(f"deepseek:workers:{QUEUE}", "ghost@nowhere") is None
+
+
+# ---- API options: seed and stop strings reach the engine --------------------------------------
+def _queued_answer_with(user, seed: int | None, stop: list[str]) -> Message:
+    conversation = Conversation.objects.create(user=user, model="deepseek-chat", seed=seed, stop=stop)
+    return _queued_answer_for(conversation)
+
+
+async def answer_with(user, seed: int | None = None, stop: list[str] | None = None) -> Message:
+    """Queue one answer with options on its conversation (as the API does) and wait for it, watching
+    the conversation as an open socket would (or the worker cancels an answer nobody waits for)."""
+    from chat.actions import GENERATE_TASK
+    from chat.liveness import keep_watching
+
+    answer = await database_sync_to_async(_queued_answer_with)(user, seed, stop or [])
+    watching = asyncio.create_task(keep_watching(answer.conversation_id))
+    try:
+        await database_sync_to_async(celery_app.send_task)(GENERATE_TASK, args=[str(answer.id)], queue=QUEUE)
+        deadline = time.monotonic() + 30
+        saved = await row(answer.id)
+        while saved.status in ("pending", "streaming") and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            saved = await row(answer.id)
+    finally:
+        watching.cancel()
+    return saved
+
+
+@pytest.fixture
+def sampled_answers(settings, demo_model_path):
+    """Sampling at full temperature, so only the seed can make two answers alike."""
+    settings.DEEPSEEK_MODELS = [{"name": "deepseek-chat", "path": str(demo_model_path), "max_context": 2048,
+                                 "max_new_tokens": 40, "temperature": 1.0, "demo": True}]
+
+
+async def test_it_writes_the_same_answer_twice_for_the_same_seed(worker, alice, broker, sampled_answers):
+    first, second = await answer_with(alice, seed=1234), await answer_with(alice, seed=1234)
+    other = await answer_with(alice, seed=99)
+    assert first.status == second.status == other.status == "done"
+    assert first.content and first.content == second.content
+    assert first.completion_tokens == second.completion_tokens
+    assert other.content != first.content  # the seed, not chance, made them alike
+
+
+async def test_it_ends_the_answer_before_a_stop_string(worker, alice, broker, sampled_answers):
+    # Given the answer a seed gives without stop strings…
+    full = await answer_with(alice, seed=1234)
+    assert full.status == "done" and len(full.content) > 12
+    middle = len(full.content) // 2
+    stop = next(piece for piece in (full.content[i:i + 3] for i in range(middle, len(full.content) - 2))
+                if piece.strip())
+    # …the same seed with one of its later pieces as a stop string ends just before that piece.
+    cut = await answer_with(alice, seed=1234, stop=["never-appears-here", stop])
+    assert cut.status == "done" and cut.finish_reason == "stop"
+    assert cut.content == full.content[: full.content.find(stop)]
+    assert stop not in cut.content and cut.completion_tokens < full.completion_tokens

@@ -152,10 +152,9 @@ def _sampling(body: dict[str, Any], spec: ModelSpec, request: CompletionRequest)
     if max_tokens is not None:
         if not _is_int(max_tokens) or max_tokens < 1:
             raise _bad("max_tokens", "max_tokens must be a positive integer.")
-        if max_tokens > spec.max_new_tokens:
-            raise _bad("max_tokens", f"max_tokens is {max_tokens}; {spec.name} writes at most "
-                                     f"{spec.max_new_tokens} tokens per answer.")
-        request.max_tokens = max_tokens
+        # Above the operator's cap the answer is cut there (finish_reason "length"), as DeepSeek
+        # does: its own samples ask for 4096 tokens whatever the model.
+        request.max_tokens = min(max_tokens, spec.max_new_tokens)
     temperature = body.get("temperature")
     if temperature is not None:
         if not (_is_number(temperature) and 0 <= temperature <= 2):

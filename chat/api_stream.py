@@ -45,7 +45,10 @@ class Finished:
     error: str = ""  # the worker's error text when it failed
 
 
-_ROW_FIELDS = ("id", "status", "content", "reasoning", "seq")
+def _message_id_of(frame: dict[str, Any]) -> Any:
+    if frame.get("type") == "message":
+        return (frame.get("message") or {}).get("id")
+    return frame.get("message_id")
 
 
 class AnswerFollower:
@@ -142,7 +145,7 @@ class AnswerFollower:
                     last_sign = time.monotonic()
                     yield Tick()
                 continue
-            if frame.get("message_id", (frame.get("message") or {}).get("id")) != self.message_id:
+            if _message_id_of(frame) != self.message_id:
                 continue
             kind = frame.get("type")
             if kind == "delta":

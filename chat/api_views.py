@@ -132,6 +132,10 @@ def _failure(finished: Finished) -> ApiError | None:
     return None
 
 
+def _server_error() -> ApiError:
+    return ApiError(500, "Something went wrong on the server; try again.", "server_error")
+
+
 def _queue_timeout() -> ApiError:
     return ApiError(503, "No worker took the request in time; retry later.", "queue_timeout",
                     retry_after=30)
@@ -168,7 +172,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     except Exception:
         log.exception("an API request failed before its answer was queued")
         await _release(slot, follower)
-        return ApiError(500, "Something went wrong on the server; try again.", "server_error").response()
+        return _server_error().response()
     completion = Completion(completion_request, answer)
     if completion_request.stream:
         response = StreamingHttpResponse(_stream(completion, follower, slot, user),
@@ -219,6 +223,10 @@ async def _stream(completion: Completion, follower: AnswerFollower, slot: api_us
                     if completion.request.include_usage:
                         yield _sse(completion.usage_chunk(event.message))
                 yield _sse("[DONE]")
+    except Exception:  # our fault: the client still gets an error chunk, not a cut stream
+        log.exception("the stream of answer %s failed", follower.message_id)
+        yield _sse(completion.error_chunk(_server_error()))
+        yield _sse("[DONE]")
     finally:
         # Reached on the normal end, and when the client disconnects (Django cancels the stream).
         if not finished:
@@ -239,6 +247,9 @@ async def _whole(completion: Completion, follower: AnswerFollower, slot: api_usa
                     return error.response()
                 return JsonResponse(completion.response(event.message), json_dumps_params={"ensure_ascii": False})
         raise RuntimeError("the answer's events ended without Finished")
+    except Exception:
+        log.exception("following answer %s failed", follower.message_id)
+        return _server_error().response()
     finally:
         if not finished:
             await _stop_unfinished(user, follower)

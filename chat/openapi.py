@@ -64,7 +64,8 @@ def request_schema() -> dict[str, Any]:
             "stream_options": {"type": "object", "nullable": True, "description": "Only with stream: true.",
                                "properties": {"include_usage": {"type": "boolean"}}},
             "max_tokens": {"type": "integer", "minimum": 1, "nullable": True,
-                           "maximum": max(spec.max_new_tokens for spec in specs)},
+                           "description": "Capped at the model's own limit (the answer then ends with "
+                                          "finish_reason length)."},
             "temperature": {"type": "number", "minimum": 0, "maximum": 2, "nullable": True},
             "top_p": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
             "stop": {"nullable": True, "oneOf": [

@@ -17,5 +17,8 @@ urlpatterns = [
     path("v1/openapi.json", api_views.openapi, name="api_openapi"),
     path("v1/<path:rest>", api_views.not_found),
     path("v1", api_views.not_found),
+    # DeepSeek's own samples use the bare host as base URL (https://api.deepseek.com/chat/completions).
+    path("chat/completions", api_views.chat_completions),
+    path("models", api_views.models),
     path("", include("chat.urls")),
 ]

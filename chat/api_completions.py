@@ -5,10 +5,12 @@ answered by the same Celery task, engine, moderation of the output and audit as 
 """
 from __future__ import annotations
 
+import datetime
 import uuid
 from typing import Any
 
 import redis
+from celery import shared_task
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
@@ -125,3 +127,26 @@ def _save(user: AbstractBaseUser, api_key: ApiKey | None, request: CompletionReq
         queue = queue_for(spec.celery_queue, conversation.id)
         transaction.on_commit(lambda: celery_app.send_task(actions.GENERATE_TASK, args=[str(answer.id)], queue=queue))
     return answer
+
+
+def prune_api_history(older_than_days: int) -> int:
+    """Delete finished API requests (their messages and images) older than `older_than_days` days.
+    Usage counts (ApiUsage) and audit events stay. Returns how many requests were deleted."""
+    if older_than_days < 0:
+        raise ValueError("older_than_days must be 0 or more")
+    cutoff = timezone.now() - datetime.timedelta(days=older_than_days)
+    doomed = Conversation.objects.filter(source=Conversation.Source.API, updated_at__lt=cutoff).exclude(
+        messages__status__in=Message.ACTIVE)
+    count = 0
+    for conversation in doomed.iterator():
+        conversation.delete()  # one by one: each attachment's file goes with its row (chat/uploads.py)
+        count += 1
+    return count
+
+
+@shared_task(name="chat.api_completions.prune_api_history")
+def prune_api_history_task() -> int:
+    """The daily retention task (BEAT_SCHEDULE): keeps API_HISTORY_DAYS days of API requests."""
+    from django.conf import settings
+
+    return prune_api_history(settings.API_HISTORY_DAYS)

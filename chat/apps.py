@@ -7,4 +7,4 @@ class ChatConfig(AppConfig):
     verbose_name = "Chat"
 
     def ready(self) -> None:
-        from . import audit_hooks, uploads  # noqa: F401  (connect their signal receivers)
+        from . import api_completions, audit_hooks, uploads  # noqa: F401  (signal receivers; the API prune task)

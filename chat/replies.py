@@ -214,6 +214,8 @@ class ReplyWriter:
         """One audit event per generation: hashes of the question and the answer, never their text."""
         question = next((m["content"] for m in reversed(self.job.history) if m["role"] == "user"), "")
         detail: dict[str, Any] = {"finish_reason": outcome}
+        if self.job.source != "chat":
+            detail["source"] = self.job.source  # an API request
         if self.filtered is not None:
             detail.update({"direction": "output", **self.filtered.as_detail()})
         audit.record(

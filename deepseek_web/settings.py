@@ -190,6 +190,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # Periodic work (the run command's worker embeds the scheduler): audit retention, daily.
 CELERY_BEAT_SCHEDULE = {
     "prune-audit-events": {"task": "chat.audit.prune_audit_events", "schedule": 24 * 3600},
+    "prune-api-history": {"task": "chat.api_completions.prune_api_history", "schedule": 24 * 3600},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 

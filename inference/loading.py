@@ -28,13 +28,41 @@ class LoadedModel:
     processor: Any = None  # vision models: the image processor + tokenizer pair
 
 
+def _unpackable_on_this_cpu(spec: ModelSpec) -> list[str]:
+    """Linear layers bitsandbytes cannot run in 4-bit on this CPU, by name.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights for its fast kernel at the
+    first forward pass: in blocks of 32 output rows (it asserts `N must be divisible by block_n`),
+    with one scale per 64 inputs (a reshape that fails otherwise). Layers whose shape does not divide
+    stay in bf16 instead; every other layer is quantized."""
+    import torch
+    from accelerate import init_empty_weights
+    from bitsandbytes.functional import has_avx512bf16
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    if spec.quantization != "4bit" or torch.cuda.is_available() or not has_avx512bf16():
+        return []
+    auto_class = AutoModelForImageTextToText if spec.vision else AutoModelForCausalLM
+    with init_empty_weights():
+        skeleton = auto_class.from_config(AutoConfig.from_pretrained(spec.path))
+    names = sorted({name.rsplit(".", 1)[-1] for name, module in skeleton.named_modules()
+                    if isinstance(module, torch.nn.Linear) and (module.out_features % 32 or module.in_features % 64)})
+    if names:
+        log.warning("model %s: layers %s stay bf16 (bitsandbytes' AVX512-BF16 4-bit kernel needs rows in "
+                    "multiples of 32 and inputs in multiples of 64)", spec.name, ", ".join(names))
+    return names
+
+
 def _quantization_config(spec: ModelSpec):
     import torch
     from transformers import BitsAndBytesConfig
 
     from .vision import VISION_SKIP_MODULES
 
-    skip = {"llm_int8_skip_modules": VISION_SKIP_MODULES} if spec.vision else {}
+    unpackable = _unpackable_on_this_cpu(spec)
+    # Naming any module replaces transformers' own default (the output head), so name it too.
+    skip_names = (VISION_SKIP_MODULES if spec.vision else ["lm_head"] if unpackable else []) + unpackable
+    skip = {"llm_int8_skip_modules": skip_names} if skip_names else {}
     if spec.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, **skip)
     if spec.quantization == "4bit":

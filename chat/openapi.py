@@ -71,7 +71,7 @@ def request_schema() -> dict[str, Any]:
             "stop": {"nullable": True, "oneOf": [
                 {"type": "string", "maxLength": MAX_STOP_CHARS},
                 {"type": "array", "maxItems": MAX_STOP, "items": {"type": "string", "maxLength": MAX_STOP_CHARS}}]},
-            "seed": {"type": "integer", "nullable": True},
+            "seed": {"type": "integer", "nullable": True, "minimum": -(2**63), "maximum": 2**63 - 1},
             "user": {"type": "string", "maxLength": MAX_USER_CHARS},
             "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2, "nullable": True,
                                   "description": "Accepted and ignored."},
@@ -111,7 +111,14 @@ def openapi_document(base_url: str) -> dict[str, Any]:
                             "content": {
                                 "application/json": {"schema": {
                                     "$ref": "#/components/schemas/CreateChatCompletionResponse"}},
-                                "text/event-stream": {"schema": {"type": "string"}}}},
+                                # Each SSE event's data: a chunk as JSON, or the final [DONE].
+                                "text/event-stream": {"schema": {
+                                    "type": "object", "required": ["data"], "properties": {"data": {"oneOf": [
+                                        {"type": "string", "enum": ["[DONE]"]},
+                                        {"type": "string", "contentMediaType": "application/json",
+                                         "contentSchema": {
+                                             "$ref": "#/components/schemas/CreateChatCompletionStreamResponse"}},
+                                    ]}}}}}},
                     **_errors("400", "401", "402", "413", "422", "429", "500", "503"),
                 },
             }},

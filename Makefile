@@ -25,7 +25,11 @@ run: $(STAMP)
 /usr/bin/chromium:
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-noto-cjk
 
-test: $(STAMP) /usr/bin/chromium
+# Debian's docker-compose (v1): the tests validate docker/compose.yml with it; it needs no Docker engine.
+/usr/bin/docker-compose:
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends docker-compose
+
+test: $(STAMP) /usr/bin/chromium /usr/bin/docker-compose
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -4,6 +4,7 @@ Every lookup is scoped by the acting user; tasks are enqueued only after the com
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
+from deepseek_web import log_context
 from deepseek_web.celery import app as celery_app
+from inference.metrics import moderation_blocked
 from inference.prompt_check import message_tokens, room_for_prompt
 from inference.registry import ModelSpec, UnknownModel, default_model, get_model
 from inference.routing import queue_for
@@ -25,6 +28,8 @@ from inference.routing import queue_for
 from . import audit, liveness, moderation, threads, uploads
 from .errors import ChatError
 from .models import Conversation, Message
+
+log = logging.getLogger(__name__)
 
 GENERATE_TASK = "inference.tasks.generate"
 TITLE_CHARS = 60  # an automatic title: the first message's first characters
@@ -107,6 +112,7 @@ def check_moderated(user: AbstractBaseUser | None, text: str, *, request: Any = 
     verdict = moderation.current_moderator().check_input(text)
     if verdict.allowed:
         return
+    moderation_blocked("input")
     audit.record("moderation_block", actor=user, request=request, conversation_id=conversation_id, model=model,
                  input_text=text, verdict="blocked", detail={"direction": "input", "field": field,
                                                              **verdict.as_detail()})
@@ -290,11 +296,15 @@ def search_conversations(user: AbstractBaseUser, query: str):
 
 
 def _announce_and_enqueue(sent: SentMessage, queue: str, announce: Callable[[SentMessage], None] | None) -> None:
+    answer = sent.assistant_message
+    log_context.bind(conversation_id=answer.conversation_id, message_id=answer.id, model=answer.conversation.model)
     if announce is not None:
         announce(sent)
     # The worker that answered this conversation before holds its KV cache: send it there.
-    target = queue_for(queue, sent.assistant_message.conversation_id)
-    celery_app.send_task(GENERATE_TASK, args=[str(sent.assistant_message.id)], queue=target)
+    target = queue_for(queue, answer.conversation_id)
+    log.info("queueing answer %s on %s", answer.id, target)
+    # The request id travels in the message headers, so the worker's log lines carry it too.
+    celery_app.send_task(GENERATE_TASK, args=[str(answer.id)], queue=target, headers=log_context.task_headers())
 
 
 def _title_from(content: str) -> str:

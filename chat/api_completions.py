@@ -15,6 +15,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from deepseek_web import log_context
 from deepseek_web.celery import app as celery_app
 from inference import prompt_check
 from inference.registry import ModelSpec
@@ -125,7 +126,10 @@ def _save(user: AbstractBaseUser, api_key: ApiKey | None, request: CompletionReq
                                         created_at=now, updated_at=now)
         Conversation.objects.filter(id=conversation.id).update(current_leaf=answer)
         queue = queue_for(spec.celery_queue, conversation.id)
-        transaction.on_commit(lambda: celery_app.send_task(actions.GENERATE_TASK, args=[str(answer.id)], queue=queue))
+        # The request id travels in the message headers, so the worker's log lines carry it too.
+        headers = log_context.task_headers()
+        transaction.on_commit(lambda: celery_app.send_task(actions.GENERATE_TASK, args=[str(answer.id)], queue=queue,
+                                                           headers=headers))
     return answer
 
 

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from deepseek_web import log_context
 from inference.registry import all_models
 
 from . import actions, api_keys, api_usage, audit
@@ -157,6 +158,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         return ApiError(405, "Use POST.", "method_not_allowed").response()
     slot = None
     follower = None
+    # The audit events' id is the logs' and the task's (the same one RequestIdMiddleware set, when it ran).
+    log_context.bind(request_id=audit.request_id(request))
     try:
         user, key = await database_sync_to_async(authenticate)(request)
         completion_request = parse_request(parse_body(_read_body(request)))
@@ -166,6 +169,9 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         answer = await database_sync_to_async(do_start_completion)(
             user, key, completion_request, follower.conversation_id, request)
         follower.bind(answer.id)
+        # The rest of this request's lines name the answer too.
+        log_context.bind(conversation_id=answer.conversation_id, message_id=answer.id,
+                         model=completion_request.spec.name)
     except ApiError as exc:
         await _release(slot, follower)
         return exc.response()

@@ -20,6 +20,8 @@ from django.db import connection, transaction
 from django.db.models.signals import post_save
 from django.utils import timezone
 
+from inference.metrics import audit_write_failed
+
 from .models_audit import ZERO_HASH, AuditCheckpoint, AuditEvent, AuditImmutable
 
 __all__ = [
@@ -56,6 +58,7 @@ def _count_failure() -> None:
     global _failures
     with _failures_lock:
         _failures += 1
+    audit_write_failed()  # the same count, for /metrics
 
 
 # ---- canonical form and hashes --------------------------------------------------------------

@@ -13,6 +13,8 @@ from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext as _
 
+from deepseek_web import log_context
+
 from . import actions, events, liveness
 from .actions import ChatError
 from .frames import done_frame, error_frame, group_name, message_frame
@@ -22,6 +24,8 @@ log = logging.getLogger(__name__)
 CLOSE_NOT_LOGGED_IN = 4401
 CLOSE_FORBIDDEN = 4403
 MAX_CLIENT_ID = 64
+# A frame's request id is "<connection id>.<frame number>": it fits AuditEvent.request_id (64).
+CONNECTION_ID_CHARS = 54
 
 
 class TokenBucket:
@@ -55,6 +59,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.group: str | None = None
         self.language = _language_of(self.scope)
+        self._start_log_context()
         # Accept first so the close code reaches the browser (a refused handshake has none).
         await self.accept()
         user = self.scope.get("user")
@@ -66,6 +71,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.group = group_name(self.conversation_id)
+        log_context.bind(conversation_id=self.conversation_id)
         self.bucket = TokenBucket(settings.SOCKET_FRAME_BURST, settings.SOCKET_FRAMES_PER_SECOND)
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.watching = asyncio.create_task(liveness.keep_watching(self.conversation_id))
@@ -78,7 +84,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.group:  # closing: ignore anything that raced the close
             return
-        with translation.override(self.language):  # error messages in the page's language
+        self.frames += 1
+        # Each frame gets its own id, so two answers asked on one socket are told apart in the
+        # logs, while a search for the connection's id still finds the whole socket's story.
+        with translation.override(self.language), log_context.bound(request_id=f"{self.connection_id}.{self.frames}"):
             await self._handle(text_data, bytes_data)
 
     async def _handle(self, text_data: str | None, bytes_data: bytes | None) -> None:
@@ -88,6 +97,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             handler = self.COMMANDS.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise ChatError("unknown_type", _("Unknown frame type “%(type)s”.") % {"type": str(kind)[:40]})
+            log.debug("socket frame %s", kind)
             await handler(self, frame)
         except ChatError as exc:
             await self.send_json(error_frame(exc.code, exc.message, exc.message_id))
@@ -96,6 +106,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_json(error_frame("server_error", _("Something went wrong on the server; try again.")))
 
     # ---- command helpers -------------------------------------------------------------------
+    def _start_log_context(self) -> None:
+        """The connection's id (the handshake's X-Request-ID when plain, else a new one) goes into this
+        connection's log context (its asyncio task's own) and onto the scope, where audit events find it."""
+        headers = dict(self.scope.get("headers") or [])
+        given = log_context.clean_request_id(headers.get(b"x-request-id", b"").decode("latin-1"))
+        self.connection_id = (given or log_context.new_request_id())[:CONNECTION_ID_CHARS]
+        self.frames = 0
+        self.scope["audit_request_id"] = self.connection_id
+        log_context.begin(request_id=self.connection_id)
+
+    def _frame_scope(self) -> dict[str, Any]:
+        """The scope as audit events of the current frame read it: with the frame's request id."""
+        return {**self.scope, "audit_request_id": log_context.request_id() or self.connection_id}
+
     def _parse(self, text_data: str | None, bytes_data: bytes | None) -> dict[str, Any]:
         if not self.bucket.take():
             raise ChatError("rate_limited", _("Too many frames; slow down."))
@@ -120,7 +144,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await database_sync_to_async(actions.do_send_message)(
             self.scope["user"], self.conversation_id, frame.get("content"), client_id, announce=self._announce,
             edit_of=frame.get("edit_of"),  # an edit: the new message is a version of that one
-            attachments=frame.get("attachments") or None, request=self.scope,
+            attachments=frame.get("attachments") or None, request=self._frame_scope(),
         )
 
     def _announce(self, sent: actions.SentMessage) -> None:

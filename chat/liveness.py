@@ -4,6 +4,8 @@
   token (the database flag stays the source of truth, checked at every save).
 - Watching: each open socket keeps a short-lived key per conversation alive; a worker whose
   conversation nobody has watched for ABANDONED_AFTER_SECONDS cancels the answer.
+- Writing: each worker process keeps a short-lived key per answer it is writing alive; an answer
+  left `streaming` without one (its worker was killed) is failed by the sweep (chat/replies.py).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import time
 
 import redis
 from django.conf import settings
+from django.db import close_old_connections
 
 from deepseek_web.redis_server import shared_client
 
@@ -60,6 +63,11 @@ class CancelWatch:
         with self._lock:
             self._events.pop(message_id, None)
 
+    def writing(self) -> list[str]:
+        """The answers this process is writing now."""
+        with self._lock:
+            return list(self._events)
+
     def _listen(self, ready: threading.Event) -> None:
         while True:
             try:
@@ -104,3 +112,67 @@ def is_watched(conversation_id: object) -> bool:
         return bool(_client().exists(_watch_key(conversation_id)))
     except redis.RedisError:
         return True  # unknown: never cancel someone's answer because Redis hiccuped
+
+
+# ---- writing -----------------------------------------------------------------------------------
+WRITING_TTL_SECONDS = 20.0  # an answer whose key is this old has no live writer
+
+
+def _writing_key(message_id: object) -> str:
+    return f"deepseek:writing:{message_id}"
+
+
+def mark_writing(message_ids: list[str], worker: str) -> None:
+    """Refresh the keys of the answers this process writes (every few seconds, from a worker thread)."""
+    if not message_ids:
+        return
+    try:
+        pipe = _client().pipeline()
+        for message_id in message_ids:
+            pipe.set(_writing_key(message_id), worker, px=int(WRITING_TTL_SECONDS * 1000))
+        pipe.execute()
+    except redis.RedisError:
+        log.warning("could not refresh the writing keys", exc_info=True)
+
+
+def writers(message_ids: list[object]) -> dict[str, str | None]:
+    """The worker writing each answer, or None where no live worker holds it. Raises RedisError
+    when Redis cannot say (the sweep must then do nothing)."""
+    if not message_ids:
+        return {}
+    values = _client().mget([_writing_key(m) for m in message_ids])
+    return {str(m): (v.decode() if v else None) for m, v in zip(message_ids, values, strict=True)}
+
+
+class WritingBeacon:
+    """A worker process's thread: refreshes the writing keys of its answers every few seconds and
+    runs `sweep` (failing answers whose worker died) at start and every SWEEP_SECONDS."""
+
+    BEAT_SECONDS = 5.0
+    SWEEP_SECONDS = 10.0
+
+    def __init__(self, worker: str, sweep) -> None:
+        self.worker, self.sweep = worker, sweep
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="writing-beacon", daemon=True)
+
+    def start(self) -> WritingBeacon:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        last_sweep = 0.0
+        while True:
+            mark_writing(cancel_watch.writing(), self.worker)
+            if time.monotonic() - last_sweep >= self.SWEEP_SECONDS:
+                last_sweep = time.monotonic()
+                try:
+                    close_old_connections()  # a connection broken by a database restart is replaced
+                    self.sweep()
+                except Exception:  # the database may be down for a moment; try again next time
+                    log.warning("orphaned-answer sweep failed", exc_info=True)
+            if self._stopped.wait(self.BEAT_SECONDS):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()

@@ -67,6 +67,7 @@ class AuditEvent(ImmutableModel):
         SIGNUP = "signup", _("Sign-up")
         LOGIN = "login", _("Login")
         LOGIN_FAILED = "login_failed", _("Failed login")
+        LOGIN_LOCKED = "login_locked", _("Login locked out")
         LOGOUT = "logout", _("Logout")
         PASSWORD_CHANGE = "password_change", _("Password change")
         API_KEY_CREATED = "api_key_created", _("API key created")

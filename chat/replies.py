@@ -5,14 +5,19 @@ text (and its seq) was saved, so a client that reads the row after subscribing m
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery import current_task
 from django.conf import settings
 from django.utils import timezone
+
+from deepseek_web import log_context
+from inference.metrics import StreamMetrics, moderation_blocked
 
 from . import api_usage, audit, events, liveness, moderation, threads
 from .frames import delta_frame, done_frame, error_frame, message_frame
@@ -75,6 +80,44 @@ def claim(message_id: str) -> ReplyJob | None:
                     stop=list(conversation.stop or []), seed=conversation.seed, source=conversation.source)
 
 
+ORPHAN_ERROR = "The worker writing this answer stopped; the partial answer was kept. Regenerate to try again."
+
+
+def fail_orphaned_answers(now: float | None = None) -> int:
+    """Fail the answers left `streaming` by a worker that died (killed, out of memory, host lost),
+    keeping their partial text, so no page or API client waits forever and the user can
+    regenerate. An answer counts as orphaned when no live worker refreshes its writing key and
+    its row has not changed for the key's lifetime. A redelivered task finds the row failed and
+    skips it (claim() takes pending rows only), so no text is ever written twice."""
+    stale_before = timezone.now() - datetime.timedelta(seconds=liveness.WRITING_TTL_SECONDS)
+    candidates = list(Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=stale_before)
+                      .values_list("id", "conversation_id"))
+    if not candidates:
+        return 0
+    try:
+        holders = liveness.writers([mid for mid, _ in candidates])
+    except Exception:  # Redis cannot say who is alive: fail nothing
+        log.warning("orphan sweep skipped: Redis unavailable", exc_info=True)
+        return 0
+    failed = 0
+    for message_id, conversation_id in candidates:
+        if holders.get(str(message_id)):
+            continue
+        done = Message.objects.filter(id=message_id, status=Message.Status.STREAMING,
+                                      updated_at__lt=stale_before).update(
+            status=Message.Status.FAILED, finish_reason="error", error=ORPHAN_ERROR, stop_requested=False,
+            updated_at=timezone.now())
+        if not done:
+            continue
+        failed += 1
+        log.warning("answer %s was left streaming by a worker that stopped; failed it", message_id)
+        message = Message.objects.get(id=message_id)
+        events.publish(conversation_id, error_frame("generation_failed", ORPHAN_ERROR, message_id=message_id))
+        events.publish(conversation_id, message_frame(message))
+        events.publish(conversation_id, done_frame(message))
+    return failed
+
+
 def _user(user_id: int | None) -> Any:
     from django.contrib.auth import get_user_model
 
@@ -114,9 +157,11 @@ class ReplyWriter:
         moderator = moderation.current_moderator()
         self._content_watch = moderator.output_watch()
         self._reasoning_watch = moderator.output_watch()
+        self._metrics = StreamMetrics(self.job.model, self.job.claimed_at)  # TTFT, token gaps, active streams
 
     def close(self) -> None:
         liveness.cancel_watch.unwatch(self.job.message_id)
+        self._metrics.closed()
 
     def _row(self):
         return Message.objects.filter(id=self.job.message_id)
@@ -144,6 +189,7 @@ class ReplyWriter:
         self._unsent_content += content
         self._unsent_reasoning += reasoning
         self.completion_tokens = completion_tokens
+        self._metrics.delta(completion_tokens)
         now = time.monotonic()
         if now - self._last_watch_check >= min(2.0, settings.ABANDONED_AFTER_SECONDS / 2):
             self._last_watch_check = now
@@ -186,6 +232,7 @@ class ReplyWriter:
 
     def finish(self, status: str, finish_reason: str, error: str = "") -> Message | None:
         """Save the final text and state, then publish the remaining text and `done`."""
+        self._metrics.finished(self.completion_tokens)
         unsent = bool(self._unsent_content or self._unsent_reasoning)
         final_seq = self.seq + 1 if unsent else self.seq
         saved = self._row().filter(status=Message.Status.STREAMING).update(
@@ -216,10 +263,17 @@ class ReplyWriter:
         detail: dict[str, Any] = {"finish_reason": outcome}
         if self.job.source != "chat":
             detail["source"] = self.job.source  # an API request
+        worker = getattr(current_task.request, "hostname", None) if current_task else None
+        if worker:
+            detail["worker"] = worker  # which worker process answered (routing, incidents)
         if self.filtered is not None:
             detail.update({"direction": "output", **self.filtered.as_detail()})
+        # The task's request id (from the socket frame or API request that queued it): the audit
+        # reads it from a request-like mapping, as it does from a Channels scope.
+        request_id = log_context.request_id()
         audit.record(
             "model_call", actor=_user(self.job.user_id), conversation_id=self.job.conversation_id,
+            request={"audit_request_id": request_id} if request_id else None,
             message_id=self.job.message_id, model=self.job.model, input_text=question, output_text=self.content,
             prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
             latency_ms=round((time.monotonic() - self.job.claimed_at) * 1000),
@@ -232,6 +286,7 @@ class ReplyWriter:
     def content_filtered(self) -> Message | None:
         """End a cut answer: its partial text is replaced by the notice the page shows (an empty
         answer with finish_reason content_filter); nothing of the tripping text is kept."""
+        moderation_blocked("output")
         self.content = self.reasoning = ""
         self._unsent_content = self._unsent_reasoning = ""
         return self.finish(Message.Status.DONE, "content_filter")

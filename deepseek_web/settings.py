@@ -1,13 +1,15 @@
 """Django settings, all read from the environment (see README's settings table)."""
 from __future__ import annotations
 
+import datetime
 import secrets
 from pathlib import Path
 
 import dj_database_url
 from csp.constants import NONE, SELF
+from django.core.exceptions import ImproperlyConfigured
 
-from .env import env_bool, env_float, env_int, env_json, env_list, env_str
+from .env import env_bool, env_choice, env_float, env_int, env_json, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Everything the site writes at run time (SQLite DB, secret key, demo models) lives here, outside git.
@@ -24,9 +26,28 @@ def _dev_secret_key() -> str:
     return path.read_text().strip()
 
 
-SECRET_KEY = env_str("SECRET_KEY", "") or _dev_secret_key()
+# "production": HTTPS-only cookies, HSTS, the SSL redirect, hashed static files, and no made-up
+# SECRET_KEY or ALLOWED_HOSTS (README: "Production mode").
+DJANGO_ENV = env_choice("DJANGO_ENV", "development", ("development", "production"))
+PRODUCTION = DJANGO_ENV == "production"
+
+
+def _required(name: str) -> str:
+    value = env_str(name, "")
+    if not value:
+        raise ImproperlyConfigured(f"{name} must be set when DJANGO_ENV=production")
+    return value
+
+
+if PRODUCTION:
+    # A generated key would differ between the web and worker containers and vanish with them.
+    SECRET_KEY = _required("SECRET_KEY")
+    _required("ALLOWED_HOSTS")
+    ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
+else:
+    SECRET_KEY = env_str("SECRET_KEY", "") or _dev_secret_key()
+    ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 DEBUG = env_bool("DEBUG", False)
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -37,6 +58,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "channels",
     "csp",
     "chat",
@@ -44,6 +66,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so every later middleware and the view log with the request's id.
+    "deepseek_web.log_context.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -56,6 +80,8 @@ MIDDLEWARE = [
     "chat.middleware.ModerationMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # A strict Content-Security-Policy: no inline script or style anywhere (the pages' JavaScript
@@ -77,6 +103,23 @@ CONTENT_SECURITY_POLICY = {
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+
+if PRODUCTION:
+    # TLS ends at a proxy in front, which must set X-Forwarded-Proto (overwriting any value the
+    # client sent, or a client could claim HTTPS).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # Docker and Kubernetes probes reach the container directly, over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        # Preloading binds the whole domain to HTTPS in browsers for months: an owner's choice,
+        # so leaving it off is not a deployment mistake for `check --deploy` to flag.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 ROOT_URLCONF = "deepseek_web.urls"
 ASGI_APPLICATION = "deepseek_web.asgi.application"
@@ -119,6 +162,12 @@ else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# django-axes checks every sign-in first (it needs the request passed to authenticate()).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -128,6 +177,22 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- Sign-in throttling (django-axes): AXES_FAILURE_LIMIT failed passwords for one username from
+# one address lock that pair out for the cool-off; a successful sign-in resets the count.
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Attempts refused during a lockout do not extend it, so the owner gets in when the cool-off ends
+# whatever a guesser keeps sending (the refused attempts are still audited as failed logins).
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# The audit log already records every sign-in; axes' own access log would be a second copy.
+AXES_DISABLE_ACCESS_LOG = True
+# The login page with a translated message and status 429, not axes' bare text.
+AXES_LOCKOUT_CALLABLE = "chat.lockout.lockout_response"
+# The same client address the audit log records (AUDIT_TRUSTED_PROXY_COUNT).
+AXES_CLIENT_IP_CALLABLE = "chat.lockout.client_ip"
 
 LANGUAGE_CODE = env_str("LANGUAGE_CODE", "en")
 # The UI's languages; the choice is remembered in the django_language cookie (LocaleMiddleware).
@@ -140,10 +205,18 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = DATA_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "staticfiles"))).resolve()
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns at start-up when it is missing
-# Serve straight from the source folders too, so a dev run needs no collectstatic step.
-WHITENOISE_USE_FINDERS = True
+# Development serves straight from the source folders, so a dev run needs no collectstatic step.
+# Production serves what `collectstatic` wrote: hashed names (cached for ever) and compressed copies.
+WHITENOISE_USE_FINDERS = not PRODUCTION
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage" if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage",
+    },
+}
 
 # --- Uploaded images: Django storage (set STORAGES["default"] for S3-style backends). Never
 # served as static files: only the owner gets them, through chat.views.attachment_file.
@@ -254,16 +327,43 @@ API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024 * 1024, minimum=102
 # API requests are kept (as hidden conversations) this long, then removed by the daily prune.
 API_HISTORY_DAYS = env_int("API_HISTORY_DAYS", 7, minimum=0)
 
+# --- Health and metrics: /metrics answers a request bearing METRICS_TOKEN, or one made straight
+# (no proxy) from one of these networks; anyone else gets a bare 403.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+
+
+def _networks(name: str, default: list[str]) -> list[str]:
+    import ipaddress
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return [str(ipaddress.ip_network(cidr, strict=False)) for cidr in env_list(name, default)]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from None
+
+
+METRICS_ALLOWED_NETWORKS = _networks("METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"])
+
+# `plain` reads well in a terminal (make run); `json` is one object per line for log collectors.
+# Either way every record carries the request id of the message it is about (deepseek_web/log_context.py).
+LOG_FORMAT = env_choice("LOG_FORMAT", "plain", ("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "deepseek_web.log_context.ContextFilter"}},
+    "formatters": {
+        "plain": {"()": "deepseek_web.log_context.plain_formatter"},
+        "json": {"()": "deepseek_web.log_context.json_formatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         # bitsandbytes logs a line per quantized matmul on CPU.
         "bitsandbytes": {"level": "ERROR"},
         "daphne": {"level": "WARNING"},
+        # axes announces its version at INFO in every process and management command.
+        "axes.apps": {"level": "WARNING"},
         # transformers' batching manager logs every start and stop at INFO.
         "ContinuousBatchingLogger": {"level": "WARNING"},
     },

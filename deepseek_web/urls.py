@@ -4,6 +4,8 @@ from django.urls import include, path
 
 from chat import api_views, views
 
+from . import health, metrics_endpoint
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/signup/", views.signup, name="signup"),
@@ -11,6 +13,8 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("i18n/", include("django.conf.urls.i18n")),  # set_language: the choice is kept in a cookie
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_endpoint.metrics, name="metrics"),
     # The OpenAI/DeepSeek-compatible API; anything else under /v1/ answers a JSON 404.
     path("v1/chat/completions", api_views.chat_completions, name="api_chat_completions"),
     path("v1/models", api_views.models, name="api_models"),

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import metrics
 from .loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class BatchRunner:
             ),
         )
         manager.start()
+        metrics.watch_batching(manager, spec.name)  # batch size per forward pass, KV reused from the cache
         log.info("continuous batching started for %s (%d KV blocks of %d tokens)",
                  spec.name, self.config.num_blocks, self.config.page_size)
         return manager

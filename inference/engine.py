@@ -5,10 +5,13 @@ used from many worker threads at once (each call keeps its own KV cache).
 """
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import metrics
 from .batching import BatchConfig, BatchRunner
 from .detokenizer import IncrementalDetokenizer
 from .loading import LoadedModel
@@ -16,7 +19,11 @@ from .registry import ModelSpec
 from .turns import TurnCache
 from .vision import encode_with_images
 
+log = logging.getLogger(__name__)
+
 THINK_END = "</think>"
+# Below this a temperature is greedy decoding in all but name (and logits divided by it overflow).
+MIN_TEMPERATURE = 1e-4
 
 
 class PromptTooLong(ValueError):
@@ -234,10 +241,19 @@ class Engine:
         Requests go through the shared batch unless they carry a seed (a shared sampler cannot
         honour per-request seeds). The caller stops generation by closing the iterator.
         """
+        if 0 < params.temperature < MIN_TEMPERATURE:
+            params = replace(params, temperature=0.0)  # logits / 1e-300 overflow to inf: sample greedily
         stats.prompt_tokens = len(prompt_ids)
+        metrics.record_prompt(self.spec.name, len(prompt_ids))  # with the reused count: the KV hit ratio
         max_new = max(0, min(params.max_new_tokens, self.spec.max_context - len(prompt_ids)))
         model_inputs = getattr(prompt_ids, "model_inputs", None)
-        if self.batcher is not None and params.seed is None and not model_inputs:
+        batched = self.batcher is not None and params.seed is None and not model_inputs
+        # These lines run in the caller's (the Celery task's) thread, also when batching: the log
+        # filter stamps them with that task's request id. The batch's own thread logs no request.
+        log.debug("generation started: %d prompt tokens, at most %d new, %s", len(prompt_ids), max_new,
+                  "batched" if batched else "solo")
+        started = time.monotonic()
+        if batched:
             tokens = self.batcher.stream(prompt_ids, max_new, params.temperature, params.top_p)
         else:
             tokens = self._solo_tokens(list(prompt_ids), max_new, params, model_inputs)
@@ -264,6 +280,10 @@ class Engine:
                         break
                 if ended or stats.completion_tokens >= max_new:
                     break
+        except GeneratorExit:  # the caller closed us: Stop, a moderation cut, or nobody watching
+            log.debug("generation cancelled after %d tokens in %.2f s", stats.completion_tokens,
+                     time.monotonic() - started)
+            raise
         finally:
             tokens.close()  # cancels the request in the batch if it is still running
         if not stops.hit:  # text held back for a possible multi-byte character or stop string
@@ -271,3 +291,5 @@ class Engine:
             for delta in (splitter.split(tail) if tail else Delta(), splitter.flush()):
                 if delta.content or delta.reasoning:
                     yield delta
+        log.debug("generation finished (%s): %d prompt + %d new tokens in %.2f s", stats.finish_reason,
+                 stats.prompt_tokens, stats.completion_tokens, time.monotonic() - started)

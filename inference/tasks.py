@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 
+from deepseek_web import log_context
+
 from .batching import BatchConfig
 from .engine import Delta, Engine, GenerationStats, PromptTooLong, SamplingParams
 from .loading import ModelCache, ModelLoadError
+from .metrics_snapshots import ensure_pushing, stop_pushing
 from .registry import ModelSpec, UnknownModel, all_models, get_model
 from .routing import Heartbeat, private_queue
 from .upstream import UpstreamEngine, UpstreamError
@@ -61,9 +64,13 @@ def generate(message_id: str) -> None:
     """Write the answer for one pending assistant message, streaming it to the conversation."""
     from chat.replies import ReplyWriter, claim
 
+    # The request id came in the task's headers (deepseek_web.log_context sets it before each task).
+    log_context.bind(message_id=message_id)
     job = claim(message_id)
     if job is None:
         return
+    log_context.bind(conversation_id=job.conversation_id, model=job.model)
+    log.info("writing answer %s with %s", message_id, job.model)
     writer = ReplyWriter(job)
     try:
         spec = get_model(job.model)
@@ -129,6 +136,7 @@ def join_models(sender=None, **kwargs) -> None:
     then take a private queue per model and announce it, so conversations stick to us."""
     if sender is None:
         return
+    ensure_pushing()  # this worker's metrics reach the web's /metrics through Redis
     # The sender is the worker's consumer; its app knows which queues this worker was given.
     queues = set(sender.app.amqp.queues.consume_from)
     mine = [spec.celery_queue for spec in all_models().values() if spec.celery_queue in queues]
@@ -142,6 +150,11 @@ def join_models(sender=None, **kwargs) -> None:
         sender.add_task_queue(private_queue(queue, sender.hostname))
     if mine:
         _heartbeats.append(Heartbeat(sender.hostname, mine).start())
+        from chat.liveness import WritingBeacon
+        from chat.replies import fail_orphaned_answers
+
+        # Answers left streaming by a worker that died are failed (their text kept) by the survivors.
+        _heartbeats.append(WritingBeacon(sender.hostname, fail_orphaned_answers).start())
 
 
 @worker_shutdown.connect
@@ -149,6 +162,7 @@ def stop_engines(**kwargs) -> None:
     """The batching loops run in non-daemon threads: stop them, or the worker never exits."""
     while _heartbeats:
         _heartbeats.pop().stop()
+    stop_pushing()
     for spec, engine in list(_engines.items()):
         if isinstance(engine, UpstreamEngine):
             # It holds nothing but a connection pool: close it, and open a new one if asked again.

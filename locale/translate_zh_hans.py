@@ -275,6 +275,7 @@ ZH_HANS = {
     "The key %(prefix)s… was revoked; requests with it are refused from now on.":
         "密钥 %(prefix)s… 已吊销；从现在起使用它的请求都会被拒绝。",
     "Could not copy; the text is selected, so press Ctrl+C.": "无法复制；文本已选中，请按 Ctrl+C。",
+    "Login locked out": "登录已锁定",
 }
 
 # Entries with plural forms (Chinese has one form).
@@ -282,6 +283,8 @@ ZH_HANS_PLURAL = {
     "Chain OK — the newest %(counter)s event (run manage.py verify_audit_chain to check them all)":
         "哈希链正常 — 最新的 %(counter)s 个事件（运行 manage.py verify_audit_chain 检查全部）",
     "Chain OK — %(counter)s event": "哈希链正常 — %(counter)s 个事件",
+    "Too many failed sign-in attempts. Try again in %(minutes)d minute.":
+        "登录失败次数过多。请在 %(minutes)d 分钟后重试。",
 }
 
 if __name__ == "__main__":

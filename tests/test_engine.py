@@ -56,6 +56,16 @@ def test_greedy_output_is_deterministic_and_capped_by_max_tokens(engine):
     assert stats.prompt_tokens == len(ids)
 
 
+@pytest.mark.parametrize("seed", [None, 3])  # the batched sampler and the solo one
+def test_a_vanishingly_small_temperature_samples_greedily_instead_of_failing(engine, seed):
+    # Found by the API fuzzer: temperature 2.2e-313 turned the logits into inf and the sampler failed.
+    ids = engine.encode_chat([{"role": "user", "content": "Hello"}], 8)
+    greedy, _ = run(engine, ids, SamplingParams(max_new_tokens=8, temperature=0))
+    tiny, stats = run(engine, ids, SamplingParams(max_new_tokens=8, temperature=2.2250738585e-313, top_p=0.5,
+                                                  seed=seed))
+    assert tiny == greedy and stats.completion_tokens == 8
+
+
 def test_a_seed_makes_sampling_repeatable(engine):
     ids = engine.encode_chat([{"role": "user", "content": "Tell me a story"}], 24)
     a, _ = run(engine, ids, SamplingParams(max_new_tokens=24, temperature=1.0, top_p=0.9, seed=7))

@@ -101,13 +101,34 @@ async def _ask(port: int, cookie: str, conversation_id: Any) -> dict[str, Any]:
                 return {"start": start, "first": first or end, "end": end, "tokens": tokens}
 
 
-async def _drive(port: int, cookie: str, conversation_ids: list, runs: int, concurrency: int) -> dict[str, float]:
-    await _wait_for_port(port)
-    await _ask(port, cookie, conversation_ids[0])  # warm-up: the worker loads the model
-    single = [await _ask(port, cookie, c) for c in conversation_ids[1 : runs + 1]]
-    started = time.perf_counter()
-    together = await asyncio.gather(*(_ask(port, cookie, c) for c in conversation_ids[runs + 1 :]))
-    elapsed = time.perf_counter() - started
+async def _ask_api(port: int, key: str, model: str) -> dict[str, Any]:
+    """One streamed /v1/chat/completions request, timed like a socket answer."""
+    import httpx
+
+    body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": PROMPT}]}
+    async with httpx.AsyncClient(timeout=300) as client:
+        start = time.perf_counter()
+        first = None
+        tokens = 0
+        async with client.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
+                                 headers={"Authorization": f"Bearer {key}"}) as response:
+            async for line in response.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise RuntimeError(chunk["error"]["message"])
+                if chunk["choices"] and chunk["choices"][0]["delta"].get("content") and first is None:
+                    first = time.perf_counter()
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+        end = time.perf_counter()
+    return {"start": start, "first": first or end, "end": end, "tokens": tokens}
+
+
+def _figures(single: list[dict[str, Any]], together: list[dict[str, Any]], elapsed: float,
+             concurrency: int) -> dict[str, float]:
     return {
         "ttft_ms_p50": round(median([(r["first"] - r["start"]) * 1000 for r in single]), 1),
         "tokens_per_s_p50": round(median([r["tokens"] / (r["end"] - r["start"]) for r in single]), 1),
@@ -115,6 +136,23 @@ async def _drive(port: int, cookie: str, conversation_ids: list, runs: int, conc
         "concurrent_aggregate_tokens_per_s": round(sum(r["tokens"] for r in together) / elapsed, 1),
         "concurrent_ttft_ms_p50": round(median([(r["first"] - r["start"]) * 1000 for r in together]), 1),
     }
+
+
+async def _drive_api(port: int, key: str, model: str, runs: int, concurrency: int) -> dict[str, float]:
+    single = [await _ask_api(port, key, model) for _ in range(runs)]
+    started = time.perf_counter()
+    together = await asyncio.gather(*(_ask_api(port, key, model) for _ in range(concurrency)))
+    return _figures(single, together, time.perf_counter() - started, concurrency)
+
+
+async def _drive(port: int, cookie: str, conversation_ids: list, runs: int, concurrency: int) -> dict[str, float]:
+    await _wait_for_port(port)
+    await _ask(port, cookie, conversation_ids[0])  # warm-up: the worker loads the model
+    single = [await _ask(port, cookie, c) for c in conversation_ids[1 : runs + 1]]
+    started = time.perf_counter()
+    together = await asyncio.gather(*(_ask(port, cookie, c) for c in conversation_ids[runs + 1 :]))
+    elapsed = time.perf_counter() - started
+    return _figures(single, together, elapsed, concurrency)
 
 
 def _database_url() -> str:
@@ -129,13 +167,16 @@ def socket_bench(model_entry: dict[str, Any], runs: int, concurrency: int) -> di
     from django.contrib.auth import get_user_model
     from django.test import Client
 
+    from chat import api_keys
     from chat.models import Conversation
 
     redis = ensure_redis(settings.REDIS_URL)
     port = free_port()
     env = {**os.environ, "DEEPSEEK_MODELS": json.dumps([model_entry]), "LOG_LEVEL": "WARNING",
            # The subprocesses use this process's database and Redis (the test ones under pytest).
-           "DATABASE_URL": _database_url(), "REDIS_URL": redis.url if redis else settings.REDIS_URL}
+           "DATABASE_URL": _database_url(), "REDIS_URL": redis.url if redis else settings.REDIS_URL,
+           # The API leg measures the path, not the per-user limits.
+           "API_CONCURRENT_REQUESTS": "0", "API_REQUESTS_PER_MINUTE": "0", "API_TOKENS_PER_DAY": "0"}
     user = get_user_model().objects.create_user(f"bench-{uuid.uuid4().hex[:8]}")
     client = Client()
     client.force_login(user)
@@ -151,7 +192,11 @@ def socket_bench(model_entry: dict[str, Any], runs: int, concurrency: int) -> di
     try:
         conversation_ids = [Conversation.objects.create(user=user, model=model_entry["name"]).id
                             for _ in range(runs + 1 + concurrency)]
-        return asyncio.run(_drive(port, cookie, conversation_ids, runs, concurrency))
+        results = asyncio.run(_drive(port, cookie, conversation_ids, runs, concurrency))
+        # The same answers through /v1 (SSE): the API's own cost on top of the same road.
+        key = api_keys.do_create_key(user, "bench")[1]
+        results["api"] = asyncio.run(_drive_api(port, key, model_entry["name"], runs, concurrency))
+        return results
     finally:
         for process in processes:
             process.terminate()

@@ -26,7 +26,7 @@ def test_bench_inference_quick_reports_every_figure(broker):
     assert figures["cancel"]["freed_after_ms"] >= 0
 
 
-def test_bench_stream_reports_engine_and_socket_figures(broker):
+def test_bench_stream_reports_engine_socket_and_api_figures(broker):
     figures = run("bench_stream", "--runs", "1", "--tokens", "8", "--concurrency", "2")
-    for path in ("engine", "socket"):
+    for path in ("engine", "socket", "api"):
         assert figures[path]["ttft_ms_p50"] > 0 and figures[path]["concurrent_aggregate_tokens_per_s"] > 0

@@ -1,7 +1,8 @@
-"""`manage.py bench_stream`: time to first token and tokens/s, engine alone vs through the socket.
+"""`manage.py bench_stream`: time to first token and tokens/s, engine alone vs through the socket
+vs through the /v1 API (SSE).
 
-The socket path is the real one: a daphne and a Celery worker subprocess, Redis, the database,
-and a WebSocket client on loopback. Prints a table, then the same figures as JSON.
+The socket and API paths are the real ones: a daphne and a Celery worker subprocess, Redis, the
+database, and a WebSocket or HTTP client on loopback. Prints a table, then the same figures as JSON.
 """
 from __future__ import annotations
 
@@ -49,12 +50,13 @@ class Command(BaseCommand):
         alone["concurrent_ttft_ms_p50"] = round(together["ttft_ms_p50"], 1)
         results = {"model": spec.name, "quantization": spec.quantization, "new_tokens": tokens, "runs": runs,
                    "concurrency": concurrency, "engine": alone, "socket": socket_bench(entry, runs, concurrency)}
-        e, s = results["engine"], results["socket"]
+        results["api"] = results["socket"].pop("api")
+        e, s, a = results["engine"], results["socket"], results["api"]
         self.stdout.write(f"\n{spec.name} ({spec.quantization}), {tokens} new tokens, {runs} runs\n")
-        self.stdout.write(f"{'':44} {'engine alone':>14} {'socket path':>14}")
+        self.stdout.write(f"{'':44} {'engine alone':>14} {'socket path':>14} {'API (SSE)':>14}")
         for label, key in (("time to first token, p50 (ms)", "ttft_ms_p50"),
                            ("tokens/s per stream, p50", "tokens_per_s_p50"),
                            (f"aggregate tokens/s, {concurrency} streams", "concurrent_aggregate_tokens_per_s"),
                            (f"time to first token, {concurrency} streams (ms)", "concurrent_ttft_ms_p50")):
-            self.stdout.write(f"{label:44} {e[key]!s:>14} {s[key]!s:>14}")
+            self.stdout.write(f"{label:44} {e[key]!s:>14} {s[key]!s:>14} {a[key]!s:>14}")
         self.stdout.write("\n" + json.dumps(results, indent=2))

@@ -41,8 +41,14 @@ ID_KINDS = (gettext_noop("conversation"), gettext_noop("message"))
 
 
 def _parse_uuid(value: Any, what: str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
     try:
-        return uuid.UUID(str(value))
+        # Only text can be an id. str() of anything else from a frame would be wasted work, and for a list
+        # nested a thousand deep (valid JSON) it raises RecursionError, depending on how deep the stack is.
+        if not isinstance(value, str):
+            raise TypeError(what)
+        return uuid.UUID(value)
     except (TypeError, ValueError, AttributeError):
         raise ChatError("invalid_id", _("The %(what)s id is not valid.") % {"what": _(what)}) from None
 
@@ -84,6 +90,11 @@ def _is_unicode(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def is_storable(text: str) -> bool:
+    """False for text no database column takes: a NUL (PostgreSQL refuses it) or a lone surrogate."""
+    return "\x00" not in text and _is_unicode(text)
 
 
 def check_content(content: Any) -> str:
@@ -289,7 +300,8 @@ def do_delete_conversation(user: AbstractBaseUser, conversation_id: Any) -> None
 
 def search_conversations(user: AbstractBaseUser, query: str):
     """The user's conversations whose title or any message contains `query` (case-insensitive)."""
-    query = query.strip()[:SEARCH_MAX]
+    # PostgreSQL cannot hold NUL in a query string (a 500 there); nothing stored contains one.
+    query = query.replace("\x00", "").strip()[:SEARCH_MAX]
     matches = Q(title__icontains=query) | Q(messages__content__icontains=query)
     ids = conversations_for(user).filter(matches).values("id")
     return conversations_for(user).filter(id__in=ids)

@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from . import audit
-from .actions import check_moderated
+from .actions import check_moderated, get_conversation
 from .errors import ChatError
 
 # Views whose POST fields reach a model, by URL name → the fields to moderate. The socket's
@@ -37,8 +37,8 @@ class ModerationMiddleware:
     def process_view(self, request: HttpRequest, view, args, kwargs) -> HttpResponse | None:
         match = request.resolver_match
         fields = MODERATED_FIELDS.get(match.url_name if match else "", ())
-        if request.method != "POST" or not fields:
-            return None
+        if request.method != "POST" or not fields or not self._owner_posts(request, kwargs):
+            return None  # the view answers others (sign-in redirect, 404) before reading anything
         for field in fields:
             text = request.POST.get(field, "")
             if not text:
@@ -49,6 +49,20 @@ class ModerationMiddleware:
             except ChatError as exc:
                 return render(request, "chat/blocked.html", {"notice": exc.message}, status=400)
         return None
+
+    @staticmethod
+    def _owner_posts(request: HttpRequest, kwargs: dict) -> bool:
+        """Only the owner's posts are moderated: anyone else must not learn how the rules answer,
+        nor write audit events about someone else's conversation."""
+        if not request.user.is_authenticated:
+            return False
+        if "conversation_id" not in kwargs:
+            return True
+        try:
+            get_conversation(request.user, kwargs["conversation_id"])
+        except ChatError:
+            return False
+        return True
 
 
 class AuditMiddleware:

@@ -5,6 +5,7 @@ Needs only the tokenizer (small, loaded once per process), never the weights.
 from __future__ import annotations
 
 import logging
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -13,8 +14,18 @@ from .registry import ModelSpec
 log = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=16)
+_loading = threading.Lock()
+
+
 def _tokenizer(path: str) -> Any:
+    # One loader at a time: transformers' lazy first import is not thread-safe (concurrent first
+    # requests got "cannot import name 'AutoTokenizer'" under load), and one load per path is enough.
+    with _loading:
+        return _load_tokenizer(path)
+
+
+@lru_cache(maxsize=16)
+def _load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
     try:

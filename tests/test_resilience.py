@@ -1,0 +1,24 @@
+"""The resilience suite's quick mode (what CI runs): the whole stack on loopback, every scenario passes."""
+from __future__ import annotations
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.mark.timeout(1200)
+def test_the_quick_resilience_suite_passes_and_reports_every_scenario(tmp_path):
+    out = StringIO()
+    report_path = tmp_path / "resilience.json"
+    call_command("resilience", "--quick", "--json", str(report_path), stdout=out)
+    report = json.loads(report_path.read_text())
+    names = [s["name"] for s in report["scenarios"]]
+    assert names == ["load", "worker killed", "Redis restarted", "daphne restarted", "slow and abandoned clients"]
+    assert report["passed"], out.getvalue()
+    load = report["scenarios"][0]["measured"]
+    assert load["answers"] == load["expected_answers"] and load["tokens_per_s"] > 0
+    assert "scenario" in out.getvalue() and "pass" in out.getvalue()  # the table

@@ -20,7 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 from deepseek_web import log_context
 from inference.registry import all_models
 
-from . import actions, api_keys, api_usage, audit
+from . import actions, api_keys, api_usage, audit, outage
 from .api_completions import do_start_completion
 from .api_errors import ApiError
 from .api_requests import CompletionRequest, parse_body, parse_request
@@ -137,6 +137,17 @@ def _server_error() -> ApiError:
     return ApiError(500, "Something went wrong on the server; try again.", "server_error")
 
 
+def _unexpected(exc: Exception, doing: str, *args: Any) -> ApiError:
+    """The error for an exception we did not expect: a database outage is a 503 to retry (one warning
+    line); anything else is our bug, a 500 logged with its traceback. Call it inside the `except`."""
+    found = outage.outage_error(exc)
+    if found is not None:
+        outage.log_outage(doing % args, found)
+        return outage.api_error()
+    log.exception("%s failed", doing % args)
+    return _server_error()
+
+
 def _queue_timeout() -> ApiError:
     return ApiError(503, "No worker took the request in time; retry later.", "queue_timeout",
                     retry_after=30)
@@ -175,10 +186,10 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     except ApiError as exc:
         await _release(slot, follower)
         return exc.response()
-    except Exception:
-        log.exception("an API request failed before its answer was queued")
+    except Exception as exc:
+        error = _unexpected(exc, "an API request before its answer was queued")
         await _release(slot, follower)
-        return _server_error().response()
+        return error.response()
     completion = Completion(completion_request, answer)
     if completion_request.stream:
         response = StreamingHttpResponse(_stream(completion, follower, slot, user),
@@ -202,8 +213,12 @@ async def _stop_unfinished(user: Any, follower: AnswerFollower) -> None:
         await database_sync_to_async(actions.do_request_stop)(user, follower.message_id)
     except ChatError:  # it had ended meanwhile
         pass
-    except Exception:  # the worker still cancels it once nobody watches the conversation
-        log.warning("could not stop answer %s", follower.message_id, exc_info=True)
+    except Exception as exc:  # the worker still cancels it once nobody watches the conversation
+        found = outage.outage_error(exc)
+        if found is not None:
+            outage.log_outage(f"stopping answer {follower.message_id}", found)
+        else:
+            log.warning("could not stop answer %s", follower.message_id, exc_info=True)
 
 
 async def _stream(completion: Completion, follower: AnswerFollower, slot: api_usage.Slot,
@@ -229,9 +244,8 @@ async def _stream(completion: Completion, follower: AnswerFollower, slot: api_us
                     if completion.request.include_usage:
                         yield _sse(completion.usage_chunk(event.message))
                 yield _sse("[DONE]")
-    except Exception:  # our fault: the client still gets an error chunk, not a cut stream
-        log.exception("the stream of answer %s failed", follower.message_id)
-        yield _sse(completion.error_chunk(_server_error()))
+    except Exception as exc:  # the client still gets an error chunk, not a cut stream
+        yield _sse(completion.error_chunk(_unexpected(exc, "the stream of answer %s", follower.message_id)))
         yield _sse("[DONE]")
     finally:
         # Reached on the normal end, and when the client disconnects (Django cancels the stream).
@@ -253,9 +267,8 @@ async def _whole(completion: Completion, follower: AnswerFollower, slot: api_usa
                     return error.response()
                 return JsonResponse(completion.response(event.message), json_dumps_params={"ensure_ascii": False})
         raise RuntimeError("the answer's events ended without Finished")
-    except Exception:
-        log.exception("following answer %s failed", follower.message_id)
-        return _server_error().response()
+    except Exception as exc:
+        return _unexpected(exc, "following answer %s", follower.message_id).response()
     finally:
         if not finished:
             await _stop_unfinished(user, follower)

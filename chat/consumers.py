@@ -15,7 +15,7 @@ from django.utils.translation import gettext as _
 
 from deepseek_web import log_context
 
-from . import actions, events, liveness
+from . import actions, events, liveness, outage
 from .actions import ChatError
 from .frames import done_frame, error_frame, group_name, message_frame
 
@@ -54,6 +54,14 @@ def _language_of(scope: dict[str, Any]) -> str:
         return settings.LANGUAGE_CODE
 
 
+def _shown_type(kind: Any) -> str:
+    """A frame's unknown "type" as an error quotes it: never the text of a whole list or object (a frame's
+    worth of work, and for one nested a thousand deep a RecursionError)."""
+    if isinstance(kind, (list, dict)):
+        return "[…]" if isinstance(kind, list) else "{…}"
+    return str(kind)[:40]
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     # ---- socket handlers -------------------------------------------------------------------
     async def connect(self) -> None:
@@ -67,7 +75,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_LOGGED_IN)
             return
         self.conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
-        if not await self._owns_conversation():
+        try:
+            owns = await self._owns_conversation()
+        except outage.OUTAGE_ERRORS as exc:  # the page reconnects with backoff and resumes
+            outage.log_outage(f"socket connect {self.conversation_id}", exc)
+            await self.close(code=outage.CLOSE_TRY_AGAIN_LATER)
+            return
+        if not owns:
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.group = group_name(self.conversation_id)
@@ -96,12 +110,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
             kind = frame.get("type")
             handler = self.COMMANDS.get(kind) if isinstance(kind, str) else None
             if handler is None:
-                raise ChatError("unknown_type", _("Unknown frame type “%(type)s”.") % {"type": str(kind)[:40]})
+                raise ChatError("unknown_type", _("Unknown frame type “%(type)s”.") % {"type": _shown_type(kind)})
             log.debug("socket frame %s", kind)
             await handler(self, frame)
         except ChatError as exc:
             await self.send_json(error_frame(exc.code, exc.message, exc.message_id))
-        except Exception:
+        except Exception as exc:
+            found = outage.outage_error(exc)
+            if found is not None:  # the command's transaction rolled back: the user can simply retry
+                outage.log_outage("socket command", found)
+                await self.send_json(error_frame(
+                    "unavailable", _("The database is unavailable right now. Try again in a few seconds.")))
+                return
             log.exception("socket command failed")
             await self.send_json(error_frame("server_error", _("Something went wrong on the server; try again.")))
 
@@ -138,7 +158,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _cmd_send(self, frame: dict[str, Any]) -> None:
         client_id = frame.get("client_id", "")
-        if not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID:
+        # It is saved with the message: a NUL or a lone surrogate ("\ud800" in JSON) would fail the INSERT.
+        if not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID or not actions.is_storable(client_id):
             raise ChatError("invalid_frame", _("client_id must be a string of at most %(limit)d characters.")
                             % {"limit": MAX_CLIENT_ID})
         await database_sync_to_async(actions.do_send_message)(
@@ -197,7 +218,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return False
 
     async def send_json(self, content: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(content, ensure_ascii=False))
+        text = json.dumps(content, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON lets a client send "\ud800", and an error may quote it) cannot go into a
+            # UTF-8 text frame: daphne's encode would raise in the middle of the reply. Escaped, it can.
+            text = json.dumps(content)
+        await self.send(text_data=text)
 
     # ---- channel-layer handlers --------------------------------------------------------------
     async def chat_frame(self, event: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from inference.registry import all_models, default_model
 
-from . import actions, audit, exports, threads
+from . import actions, audit, exports, signups, threads
 from .actions import ChatError
 from .forms import ConversationSettingsForm
 from .frames import message_frame
@@ -33,6 +33,13 @@ def signup(request: HttpRequest) -> HttpResponse:
         return redirect("home")
     form = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        wait = signups.take_signup(request)
+        if wait is not None:
+            form.add_error(None, _("Too many accounts were created from your network in the last hour. "
+                                   "Try again later."))
+            response = render(request, "registration/signup.html", {"form": form}, status=429)
+            response["Retry-After"] = str(wait)
+            return response
         user = form.save()
         audit.record("signup", actor=user, request=request)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")

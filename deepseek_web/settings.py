@@ -68,6 +68,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, so every later middleware and the view log with the request's id.
     "deepseek_web.log_context.RequestIdMiddleware",
+    # A database outage in a view answers 503 (one raised in a middleware reaches handler500, urls.py).
+    "chat.outage.DatabaseOutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -193,6 +195,8 @@ AXES_DISABLE_ACCESS_LOG = True
 AXES_LOCKOUT_CALLABLE = "chat.lockout.lockout_response"
 # The same client address the audit log records (AUDIT_TRUSTED_PROXY_COUNT).
 AXES_CLIENT_IP_CALLABLE = "chat.lockout.client_ip"
+# Sign-up flooding: accounts one client address may create per hour (0 = no limit), counted in Redis.
+SIGNUPS_PER_IP_PER_HOUR = env_int("SIGNUPS_PER_IP_PER_HOUR", 10, minimum=0)
 
 LANGUAGE_CODE = env_str("LANGUAGE_CODE", "en")
 # The UI's languages; the choice is remembered in the django_language cookie (LocaleMiddleware).

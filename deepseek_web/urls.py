@@ -26,3 +26,6 @@ urlpatterns = [
     path("models", api_views.models),
     path("", include("chat.urls")),
 ]
+
+# A database outage raised outside a view (the session or user loaded in middleware) answers 503, not 500.
+handler500 = "chat.outage.server_error"

@@ -276,6 +276,14 @@ ZH_HANS = {
         "密钥 %(prefix)s… 已吊销；从现在起使用它的请求都会被拒绝。",
     "Could not copy; the text is selected, so press Ctrl+C.": "无法复制；文本已选中，请按 Ctrl+C。",
     "Login locked out": "登录已锁定",
+    # Database outages and sign-up floods (chat/outage.py, chat/signups.py).
+    "The database is unavailable right now. Try again in a few seconds.": "数据库暂时无法访问。请过几秒再试。",
+    "Too many accounts were created from your network in the last hour. Try again later.":
+        "过去一小时内从你的网络创建的账户过多。请稍后再试。",
+    "Temporarily unavailable": "暂时无法使用",
+    "The site cannot reach its database right now. Please try again in %(seconds)s seconds.":
+        "网站暂时无法连接数据库。请在 %(seconds)s 秒后重试。",
+    "Try again": "重试",
 }
 
 # Entries with plural forms (Chinese has one form).

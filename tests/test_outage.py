@@ -173,9 +173,17 @@ async def test_it_answers_the_api_normally_once_the_database_is_back(asgi, alice
 
 
 # ---- the socket -----------------------------------------------------------------------------------
+async def connected(socket):
+    """The consumer accepts first and checks ownership after: one round trip makes sure that check
+    is over before a test takes the database down."""
+    await send(socket, {"type": "ping?"})
+    assert (await receive(socket, SLOW))["code"] == "unknown_type"
+    return socket
+
+
 async def test_a_send_during_the_outage_gets_unavailable_and_the_socket_stays_open(conversation, alice, broker,
                                                                                   caplog):
-    socket = await open_socket(alice, conversation.id)
+    socket = await connected(await open_socket(alice, conversation.id))
     with database_down():
         await send(socket, {"type": "send", "content": "Hello there", "client_id": "c-1"})
         frame = await receive(socket, SLOW)
@@ -194,7 +202,7 @@ async def test_a_send_during_the_outage_gets_unavailable_and_the_socket_stays_op
 
 
 async def test_the_unavailable_frame_is_translated(conversation, alice, broker):
-    socket = await open_socket(alice, conversation.id, language="zh-hans")
+    socket = await connected(await open_socket(alice, conversation.id, language="zh-hans"))
     with database_down():
         await send(socket, {"type": "stop", "message_id": str(uuid.uuid4())})
         frame = await receive(socket, SLOW)

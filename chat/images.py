@@ -35,6 +35,13 @@ SAVE_OPTIONS = {"PNG": {"optimize": False}, "JPEG": {"quality": 90}, "WEBP": {"q
 THUMBNAIL_QUALITY = 80
 # What a damaged file makes Pillow raise while it decodes (UnidentifiedImageError is an OSError).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, EOFError)
+# Pillow walks a file's container structure in Python, a few microseconds a step: 10 MB of empty PNG chunks, JPEG fill
+# bytes or GIF comment blocks cost 10 to 60 s of CPU to open. Steps are counted first, in one cheap pass, and a file
+# with far more of them than real images have is refused. A 10 MB PNG in libpng's 8 KB IDAT chunks has 1,280 chunks;
+# a camera's JPEG has a few dozen markers before its first scan; a 10 MB GIF in full 255-byte sub-blocks has 41,000.
+MAX_PNG_CHUNKS = 10_000
+MAX_JPEG_HEADER_STEPS = 10_000
+MAX_GIF_STEPS = 100_000
 
 
 class ImageRejected(ValueError):
@@ -108,6 +115,8 @@ def validate_image(raw: bytes, limits: ImageLimits = ImageLimits()) -> Validated
 
 
 def _validate(raw: bytes, limits: ImageLimits) -> ValidatedImage:
+    if _has_too_many_steps(raw):
+        raise _corrupt()
     with _open(raw) as probe:
         # Only the header has been read: sizes and frame counts are checked before a single pixel is decoded.
         _check_pixels(probe.size, limits)
@@ -143,6 +152,73 @@ def _open(raw: bytes) -> ImageFile.ImageFile:
         return Image.open(BytesIO(raw), formats=list(ACCEPTED_FORMATS))
     except Image.UnidentifiedImageError as error:
         raise ImageRejected("not_an_image", _("The file is not a PNG, JPEG, WebP or GIF image.")) from error
+
+
+def _has_too_many_steps(raw: bytes) -> bool:
+    """More chunks, markers or blocks than Pillow should walk (see MAX_PNG_CHUNKS); the prefixes are Pillow's own."""
+    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_chunks(raw, MAX_PNG_CHUNKS + 1) > MAX_PNG_CHUNKS
+    if raw.startswith(b"\xff\xd8\xff"):
+        return _jpeg_header_steps(raw, MAX_JPEG_HEADER_STEPS + 1) > MAX_JPEG_HEADER_STEPS
+    if raw[:6] in (b"GIF87a", b"GIF89a"):
+        return _gif_steps(raw, MAX_GIF_STEPS + 1) > MAX_GIF_STEPS
+    return False
+
+
+def _png_chunks(raw: bytes, stop: int) -> int:
+    position, count = 8, 0
+    while position + 8 <= len(raw) and count < stop:
+        count += 1
+        if raw[position + 4:position + 8] == b"IEND":
+            break
+        position += 12 + int.from_bytes(raw[position:position + 4], "big")
+    return count
+
+
+def _jpeg_header_steps(raw: bytes, stop: int) -> int:
+    """Segments, fill bytes and stray bytes up to the first scan, the part Pillow reads byte by byte."""
+    position, steps = 2, 0
+    while position + 1 < len(raw) and steps < stop:
+        steps += 1
+        marker = raw[position + 1]
+        if raw[position] != 0xFF or marker in (0x00, 0xFF):  # a stray byte, an escaped 0xFF, or fill
+            position += 1
+        elif marker == 0xDA:  # start of scan: libjpeg, in C, reads the rest
+            break
+        elif 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
+            position += 2
+        else:
+            position += 2 + int.from_bytes(raw[position + 2:position + 4], "big")
+    return steps
+
+
+def _gif_steps(raw: bytes, stop: int) -> int:
+    """Blocks, sub-blocks and stray bytes, all of which Pillow reads in Python (it skips a stray byte at a time)."""
+
+    def colour_table(flags: int) -> int:
+        return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+    position, steps = 13 + colour_table(raw[10] if len(raw) > 10 else 0), 0
+    while position < len(raw) and steps < stop:
+        steps += 1
+        kind = raw[position]
+        if kind == 0x3B:  # the trailer
+            break
+        if kind == 0x21:  # an extension: its label, then sub-blocks
+            position += 2
+        elif kind == 0x2C:  # an image: its descriptor, local colour table and LZW code size, then sub-blocks
+            flags = raw[position + 9] if position + 9 < len(raw) else 0
+            position += 11 + colour_table(flags)
+        else:
+            position += 1
+            continue
+        while position < len(raw) and steps < stop:
+            steps += 1
+            size = raw[position]
+            position += 1 + size
+            if size == 0:
+                break
+    return steps
 
 
 def _check_pixels(size: tuple[int, int], limits: ImageLimits) -> None:

@@ -150,6 +150,7 @@ class ReplyWriter:
     _unsent_reasoning: str = ""
     _last_flush: float = 0.0
     _last_watch_check: float = field(default_factory=time.monotonic)
+    _unwatched_since: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -193,7 +194,13 @@ class ReplyWriter:
         now = time.monotonic()
         if now - self._last_watch_check >= min(2.0, settings.ABANDONED_AFTER_SECONDS / 2):
             self._last_watch_check = now
-            if not liveness.is_watched(self.job.conversation_id):
+            if liveness.is_watched(self.job.conversation_id):
+                self._unwatched_since = None
+            elif self._unwatched_since is None:
+                # Not yet: a restarted Redis has lost every watched key until the sockets' next refresh
+                # (every third of the timeout); only an absence longer than that means nobody is there.
+                self._unwatched_since = now
+            elif now - self._unwatched_since >= settings.ABANDONED_AFTER_SECONDS / 2:
                 log.info("nobody is watching conversation %s; cancelling %s", self.job.conversation_id,
                          self.job.message_id)
                 self.abandoned = True

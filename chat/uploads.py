@@ -87,13 +87,22 @@ def check_attachments(user: AbstractBaseUser, ids: Any) -> list[uuid.UUID]:
         raise ChatError("too_many_attachments", _("A message can carry at most %(limit)d images.")
                         % {"limit": settings.ATTACHMENTS_PER_MESSAGE})
     try:
-        parsed = list(dict.fromkeys(uuid.UUID(str(i)) for i in ids))
+        # Ids are text: str() of a deeply nested list from the frame would raise RecursionError.
+        parsed = list(dict.fromkeys(_parse_id(i) for i in ids))
     except (ValueError, TypeError, AttributeError):
         raise ChatError("invalid_id", _("The %(what)s id is not valid.") % {"what": _("image")}) from None
     found = Attachment.objects.filter(id__in=parsed, owner=user, message__isnull=True).count()
     if found != len(parsed):
         raise ChatError("not_found", _("No such image."))
     return parsed
+
+
+def _parse_id(value: Any) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    if not isinstance(value, str):
+        raise TypeError("an id must be a string")
+    return uuid.UUID(value)
 
 
 def attach(user: AbstractBaseUser, ids: Iterable[uuid.UUID], message_id: Any) -> None:

@@ -6,6 +6,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -14,11 +15,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 def test_the_quick_resilience_suite_passes_and_reports_every_scenario(tmp_path):
     out = StringIO()
     report_path = tmp_path / "resilience.json"
-    call_command("resilience", "--quick", "--json", str(report_path), stdout=out)
+    try:
+        call_command("resilience", "--quick", "--json", str(report_path), stdout=out)
+    except CommandError:
+        pass  # the report below says which scenario failed, and why
     report = json.loads(report_path.read_text())
     names = [s["name"] for s in report["scenarios"]]
-    assert names == ["load", "worker killed", "Redis restarted", "daphne restarted", "slow and abandoned clients"]
-    assert report["passed"], out.getvalue()
+    assert names == ["load", "worker killed", "daphne restarted", "slow and abandoned clients"]
+    assert report["passed"], out.getvalue()[out.getvalue().find("scenario "):][:4000]
     load = report["scenarios"][0]["measured"]
     assert load["answers"] == load["expected_answers"] and load["tokens_per_s"] > 0
     assert "scenario" in out.getvalue() and "pass" in out.getvalue()  # the table

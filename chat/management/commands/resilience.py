@@ -18,7 +18,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from chat.resilience.scenarios import FULL, QUICK, SCENARIOS, SUITE_FILES, Outcome, People, run_suite
+from chat.resilience.scenarios import (FULL, NOT_QUICK, QUICK, SCENARIOS, SUITE_FILES, Outcome, People,
+                                       run_suite)
 from chat.resilience.stack import LoopbackStack
 
 MODEL_MAX_NEW_TOKENS = 1900
@@ -43,7 +44,7 @@ class Command(BaseCommand):
             "API_CONCURRENT_REQUESTS": "0", "API_REQUESTS_PER_MINUTE": "0", "API_TOKENS_PER_DAY": "0",
             "SOCKET_FRAME_BURST": "1000", "SIGNUPS_PER_IP_PER_HOUR": "0",
         }, ping=(2, 4))
-        scenarios = [s for s in SCENARIOS if not only or s.__name__ in only]
+        scenarios = [s for s in SCENARIOS if (not only or s.__name__ in only) and not (quick and s in NOT_QUICK)]
         outcomes: list[Outcome] = []
         people = People()
         started = time.monotonic()

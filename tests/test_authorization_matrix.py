@@ -114,6 +114,17 @@ def png() -> bytes:
     return out.getvalue()
 
 
+@pytest.fixture(autouse=True)
+def no_live_workers(redis_url):
+    """No worker heartbeats left by earlier tests: a completion with a live key then answers 503
+    no_worker at once, instead of waiting in a queue nobody reads."""
+    from deepseek_web.redis_server import shared_client
+
+    client = shared_client(redis_url)
+    for key in client.scan_iter("deepseek:workers:*"):
+        client.delete(key)
+
+
 @pytest.fixture
 def world(settings, tmp_path, broker, monkeypatch) -> World:
     settings.MEDIA_ROOT = tmp_path / "media"

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.conf import settings
 
+from chat.resilience.stack import database_url
 from deepseek_web.redis_server import ensure_redis, free_port
 from inference.engine import Engine, GenerationStats, SamplingParams
 
@@ -155,13 +156,6 @@ async def _drive(port: int, cookie: str, conversation_ids: list, runs: int, conc
     return _figures(single, together, elapsed, concurrency)
 
 
-def _database_url() -> str:
-    db = settings.DATABASES["default"]
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 def socket_bench(model_entry: dict[str, Any], runs: int, concurrency: int) -> dict[str, float]:
     """Start a worker and daphne for `model_entry`, and stream through a real WebSocket."""
     from django.contrib.auth import get_user_model
@@ -174,7 +168,7 @@ def socket_bench(model_entry: dict[str, Any], runs: int, concurrency: int) -> di
     port = free_port()
     env = {**os.environ, "DEEPSEEK_MODELS": json.dumps([model_entry]), "LOG_LEVEL": "WARNING",
            # The subprocesses use this process's database and Redis (the test ones under pytest).
-           "DATABASE_URL": _database_url(), "REDIS_URL": redis.url if redis else settings.REDIS_URL,
+           "DATABASE_URL": database_url(), "REDIS_URL": redis.url if redis else settings.REDIS_URL,
            # The API leg measures the path, not the per-user limits.
            "API_CONCURRENT_REQUESTS": "0", "API_REQUESTS_PER_MINUTE": "0", "API_TOKENS_PER_DAY": "0"}
     user = get_user_model().objects.create_user(f"bench-{uuid.uuid4().hex[:8]}")

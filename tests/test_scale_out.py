@@ -20,13 +20,13 @@ from channels.testing import ChannelsLiveServerTestCase
 from channels.testing.live import make_application, set_database_connection
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection
 from django.test import Client, override_settings
 from websockets.sync.client import connect
 
 from chat import actions
 from chat.models import AuditEvent, Conversation, Message
 from chat.replies import ORPHAN_ERROR
+from chat.resilience.stack import database_url
 from inference.routing import live_workers, private_queue, queue_for
 
 from .browser import FreshConnectionsDaphne
@@ -39,15 +39,6 @@ def long_answers() -> list[dict]:
     """Greedy (no early end-of-sentence) and long enough to kill a worker in the middle."""
     return [{"name": "deepseek-chat", "path": str(settings.DEMO_MODELS_DIR / "demo-chat"), "max_context": 2048,
              "max_new_tokens": 1900, "temperature": 0, "demo": True}]
-
-
-def database_url() -> str:
-    """The test database (pytest-django has switched NAME to it) as a DATABASE_URL for subprocesses."""
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{os.path.abspath(db['NAME'])}"
-    user = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 class WorkerProcess:

@@ -18,6 +18,7 @@ from deepseek_web import log_context
 from . import actions, events, liveness, outage
 from .actions import ChatError
 from .frames import done_frame, error_frame, group_name, message_frame
+from .socket_catchup import CatchUp
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # ---- socket handlers -------------------------------------------------------------------
     async def connect(self) -> None:
         self.group: str | None = None
+        self.catchup: CatchUp | None = None
         self.language = _language_of(self.scope)
         self._start_log_context()
         # Accept first so the close code reaches the browser (a refused handshake has none).
@@ -89,10 +91,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.bucket = TokenBucket(settings.SOCKET_FRAME_BURST, settings.SOCKET_FRAMES_PER_SECOND)
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.watching = asyncio.create_task(liveness.keep_watching(self.conversation_id))
+        self.catchup = CatchUp()
+        self.catching_up = asyncio.create_task(self._keep_caught_up())
 
     async def disconnect(self, code: int) -> None:
         if self.group:
             self.watching.cancel()
+            self.catching_up.cancel()
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -218,6 +223,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return False
 
     async def send_json(self, content: dict[str, Any]) -> None:
+        if self.catchup is not None:
+            self.catchup.heard(content)
         text = json.dumps(content, ensure_ascii=False)
         try:
             text.encode("utf-8")
@@ -226,6 +233,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # UTF-8 text frame: daphne's encode would raise in the middle of the reply. Escaped, it can.
             text = json.dumps(content)
         await self.send(text_data=text)
+
+    async def _keep_caught_up(self) -> None:
+        """Frames of an answer stopped coming (lost while Redis restarted, say): send the page what
+        the row has that it lacks."""
+        while True:
+            await asyncio.sleep(self.catchup.quiet_seconds / 2)
+            quiet = self.catchup.quiet()
+            if not quiet:
+                continue
+            try:
+                frames = await database_sync_to_async(self.catchup.catch_up)(self.conversation_id, quiet)
+            except Exception:  # the database is down: try again next interval
+                log.warning("catching up conversation %s failed", self.conversation_id, exc_info=True)
+                continue
+            for frame in frames:
+                await self.send_json(frame)
 
     # ---- channel-layer handlers --------------------------------------------------------------
     async def chat_frame(self, event: dict[str, Any]) -> None:

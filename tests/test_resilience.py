@@ -21,7 +21,8 @@ def test_the_quick_resilience_suite_passes_and_reports_every_scenario(tmp_path):
         pass  # the report below says which scenario failed, and why
     report = json.loads(report_path.read_text())
     names = [s["name"] for s in report["scenarios"]]
-    assert names == ["load", "worker killed", "daphne restarted", "slow and abandoned clients"]
+    assert names == ["load", "worker killed", "Redis restarted", "daphne restarted",
+                     "slow and abandoned clients"]
     assert report["passed"], out.getvalue()[out.getvalue().find("scenario "):][:4000]
     load = report["scenarios"][0]["measured"]
     assert load["answers"] == load["expected_answers"] and load["tokens_per_s"] > 0

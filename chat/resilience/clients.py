@@ -40,6 +40,14 @@ class Answer:
         return (self.done_at - self.first_at) / (self.tokens - 1)
 
     @property
+    def time_per_token(self) -> float | None:
+        """From the send to the end, per token: unlike `inter_token`, a burst of late-delivered frames
+        (the first delta arriving just before `done`) cannot make it look fast."""
+        if self.done_at is None or not self.tokens:
+            return None
+        return (self.done_at - self.sent_at) / self.tokens
+
+    @property
     def seq_ok(self) -> bool:
         """Live deltas arrived in order with no repeats (a resume may skip ahead, never back)."""
         return all(b > a for a, b in zip(self.seqs, self.seqs[1:], strict=False))

@@ -19,19 +19,18 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
 from deepseek_web import log_context
-from deepseek_web.celery import app as celery_app
 from inference.metrics import moderation_blocked
 from inference.prompt_check import message_tokens, room_for_prompt
 from inference.registry import ModelSpec, UnknownModel, default_model, get_model
 from inference.routing import queue_for
 
-from . import audit, liveness, moderation, threads, uploads
+from . import answer_queue, audit, liveness, moderation, threads, uploads
 from .errors import ChatError
 from .models import Conversation, Message
 
 log = logging.getLogger(__name__)
 
-GENERATE_TASK = "inference.tasks.generate"
+GENERATE_TASK = answer_queue.GENERATE_TASK
 TITLE_CHARS = 60  # an automatic title: the first message's first characters
 TITLE_MAX = 200  # a title the user gives (Conversation.title's length)
 SEARCH_MAX = 200
@@ -316,7 +315,7 @@ def _announce_and_enqueue(sent: SentMessage, queue: str, announce: Callable[[Sen
     target = queue_for(queue, answer.conversation_id)
     log.info("queueing answer %s on %s", answer.id, target)
     # The request id travels in the message headers, so the worker's log lines carry it too.
-    celery_app.send_task(GENERATE_TASK, args=[str(answer.id)], queue=target, headers=log_context.task_headers())
+    answer_queue.enqueue(answer.id, target, log_context.task_headers())
 
 
 def _title_from(content: str) -> str:

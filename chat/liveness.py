@@ -6,6 +6,7 @@
   conversation nobody has watched for ABANDONED_AFTER_SECONDS cancels the answer.
 - Writing: each worker process keeps a short-lived key per answer it is writing alive; an answer
   left `streaming` without one (its worker was killed) is failed by the sweep (chat/replies.py).
+  (Queued answers have a key of their own: chat/answer_queue.py.)
 """
 from __future__ import annotations
 
@@ -146,7 +147,8 @@ def writers(message_ids: list[object]) -> dict[str, str | None]:
 
 class WritingBeacon:
     """A worker process's thread: refreshes the writing keys of its answers every few seconds and
-    runs `sweep` (failing answers whose worker died) at start and every SWEEP_SECONDS."""
+    runs `sweep` (chat.answer_queue.sweep: answers whose worker died, whose task was lost, or that
+    waited too long) at start and every SWEEP_SECONDS."""
 
     BEAT_SECONDS = 5.0
     SWEEP_SECONDS = 10.0

@@ -111,11 +111,16 @@ def fail_orphaned_answers(now: float | None = None) -> int:
             continue
         failed += 1
         log.warning("answer %s was left streaming by a worker that stopped; failed it", message_id)
-        message = Message.objects.get(id=message_id)
-        events.publish(conversation_id, error_frame("generation_failed", ORPHAN_ERROR, message_id=message_id))
-        events.publish(conversation_id, message_frame(message))
-        events.publish(conversation_id, done_frame(message))
+        announce_failure(message_id, conversation_id, ORPHAN_ERROR)
     return failed
+
+
+def announce_failure(message_id: object, conversation_id: object, error: str) -> None:
+    """Tell a conversation's open pages and API streams that a sweep failed one of its answers."""
+    message = Message.objects.get(id=message_id)
+    events.publish(conversation_id, error_frame("generation_failed", error, message_id=message_id))
+    events.publish(conversation_id, message_frame(message))
+    events.publish(conversation_id, done_frame(message))
 
 
 def _user(user_id: int | None) -> Any:

@@ -325,7 +325,8 @@ API_CONCURRENT_REQUESTS = env_int("API_CONCURRENT_REQUESTS", 4, minimum=0)
 API_TOKENS_PER_DAY = env_int("API_TOKENS_PER_DAY", 1_000_000, minimum=0)
 API_KEEPALIVE_SECONDS = env_float("API_KEEPALIVE_SECONDS", 10.0, minimum=0.05)
 # An answer no worker has taken after this long is cancelled and the request answered 503
-# (DeepSeek's API closes a connection whose inference has not started after 10 minutes).
+# (DeepSeek's API closes a connection whose inference has not started after 10 minutes); the workers'
+# sweep fails any answer (a chat's too) still untaken shortly after (chat/answer_queue.py).
 API_QUEUE_TIMEOUT_SECONDS = env_float("API_QUEUE_TIMEOUT_SECONDS", 600.0, minimum=1.0)
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024 * 1024, minimum=1024)
 # API requests are kept (as hidden conversations) this long, then removed by the daily prune.

@@ -150,11 +150,12 @@ def join_models(sender=None, **kwargs) -> None:
         sender.add_task_queue(private_queue(queue, sender.hostname))
     if mine:
         _heartbeats.append(Heartbeat(sender.hostname, mine).start())
+        from chat.answer_queue import sweep
         from chat.liveness import WritingBeacon
-        from chat.replies import fail_orphaned_answers
 
-        # Answers left streaming by a worker that died are failed (their text kept) by the survivors.
-        _heartbeats.append(WritingBeacon(sender.hostname, fail_orphaned_answers).start())
+        # Answers left streaming by a worker that died are failed (their text kept) by the survivors;
+        # answers whose queued task Redis lost are queued again, and those never taken fail in time.
+        _heartbeats.append(WritingBeacon(sender.hostname, sweep).start())
 
 
 @worker_shutdown.connect

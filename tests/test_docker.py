@@ -350,6 +350,16 @@ def test_compose_mounts_the_nginx_config_and_publishes_only_nginx(rendered):
     assert published == {"nginx"}
 
 
+def test_redis_keeps_queued_answers_across_a_restart(rendered):
+    """Append-only file on a volume, and no eviction: a restarted or full broker loses no queued task
+    (chat/answer_queue.py queues again any that are lost all the same)."""
+    redis = rendered["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert any(v.split(":")[1] == "/data" for v in redis["volumes"])
+
+
 # --- entrypoint and health probes
 
 

@@ -16,12 +16,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from deepseek_web import log_context
-from deepseek_web.celery import app as celery_app
 from inference import prompt_check
 from inference.registry import ModelSpec
 from inference.routing import HEARTBEAT_SECONDS, live_workers, queue_for
 
-from . import actions, image_parts, uploads
+from . import actions, answer_queue, image_parts, uploads
 from .api_errors import ApiError
 from .api_requests import CompletionRequest, read_images
 from .errors import ChatError
@@ -70,7 +69,7 @@ def check_context(request: CompletionRequest) -> None:
 
 
 def _store_images(user: AbstractBaseUser, request: CompletionRequest) -> dict[int, list[Any]]:
-    read_images(request)
+    """The images read_images validated, stored as the user's (within the quota); all or none."""
     stored: dict[int, list[Any]] = {}
     try:
         for index, message in enumerate(request.messages):
@@ -87,8 +86,12 @@ def _store_images(user: AbstractBaseUser, request: CompletionRequest) -> dict[in
 def do_start_completion(user: AbstractBaseUser, api_key: ApiKey | None, request: CompletionRequest,
                         conversation_id: uuid.UUID, http_request: Any = None) -> Message:
     """Check, save and queue one completion; returns the pending answer. Nothing is written when a
-    check fails, and stored images are removed again if saving fails."""
+    check fails, and stored images are removed again if saving fails.
+
+    The images are decoded and validated first: a bad one answers its own 4xx (invalid_image_url,
+    not_an_image, too_large…) whether or not a worker is alive, not a 503 to retry in vain."""
     spec = request.spec
+    read_images(request)
     check_workers(spec)
     check_moderation(user, request, http_request, conversation_id)
     check_context(request)
@@ -128,8 +131,7 @@ def _save(user: AbstractBaseUser, api_key: ApiKey | None, request: CompletionReq
         queue = queue_for(spec.celery_queue, conversation.id)
         # The request id travels in the message headers, so the worker's log lines carry it too.
         headers = log_context.task_headers()
-        transaction.on_commit(lambda: celery_app.send_task(actions.GENERATE_TASK, args=[str(answer.id)], queue=queue,
-                                                           headers=headers))
+        transaction.on_commit(lambda: answer_queue.enqueue(answer.id, queue, headers))
     return answer
 
 

@@ -18,6 +18,7 @@ from inference.registry import ModelSpec, UnknownModel, get_model
 from . import image_parts
 from .api_errors import ApiError
 from .errors import ChatError
+from .images import ValidatedImage
 
 ROLES = ("system", "user", "assistant", "developer")  # "developer" is OpenAI's newer name for system
 MAX_MESSAGES = 2000
@@ -30,7 +31,7 @@ MAX_USER_CHARS = 256
 class ApiMessage:
     role: str  # system | user | assistant
     content: str
-    images: list[bytes] = field(default_factory=list)
+    images: list[ValidatedImage] = field(default_factory=list)  # set by read_images, not stored yet
     image_parts: Any = None  # the raw parts, read (and fetched) only once the request is admitted
 
 
@@ -219,13 +220,16 @@ def parse_request(body: dict[str, Any]) -> CompletionRequest:
 
 
 def read_images(request: CompletionRequest) -> None:
-    """Decode `data:` images (and fetch http(s) ones when the operator allows it), in place."""
+    """Decode `data:` images (and fetch http(s) ones when the operator allows it) and validate them
+    as uploads are, in place; nothing is stored. A bad image answers its own 4xx here."""
     for index, message in enumerate(request.messages):
         if message.image_parts is None:
             continue
         try:
             parsed = image_parts.parse_content(message.image_parts)
+            content = _text(parsed.text, f"messages[{index}].content")
+            message.images = image_parts.validate_images(parsed.images)
         except ChatError as exc:
             raise ApiError.from_chat_error(exc, f"messages[{index}].content") from None
-        message.content, message.images = _text(parsed.text, f"messages[{index}].content"), parsed.images
+        message.content = content
         message.image_parts = None

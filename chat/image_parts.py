@@ -2,7 +2,8 @@
 
 Used by the `/v1` API: `data:` URLs are decoded here, `http(s)` URLs fetched only when
 REMOTE_IMAGES_ENABLED (chat/remote_images.py), and every image then goes through the same
-validation and storage as an upload (chat/uploads.py).
+validation (validate_images, before anything else is checked or written) and storage (store_images)
+as an upload (chat/uploads.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from django.utils.translation import gettext as _
 
 from . import uploads
 from .errors import ChatError
+from .images import ValidatedImage
 from .models import Attachment
 from .remote_images import FetchPolicy, RemoteImageRefused, fetch_image_bytes
 
@@ -90,12 +92,20 @@ def _image_bytes(url: str) -> bytes:
         raise ChatError(exc.code, exc.message) from None
 
 
-def store_images(user: AbstractBaseUser, images: list[bytes]) -> list[Attachment]:
-    """Validate and store each image as the user's upload; on any refusal, none stays stored."""
+def validate_images(images: list[bytes]) -> list[ValidatedImage]:
+    """Each image checked and re-encoded as an upload is (chat/uploads.py), nothing stored yet: a bad
+    one is refused with its ChatError (not_an_image, too_large…) before any other check needs it."""
+    return [uploads.validate_upload(raw) for raw in images]
+
+
+def store_images(user: AbstractBaseUser, images: list[bytes] | list[ValidatedImage]) -> list[Attachment]:
+    """Store each image (validated here when given as bytes) as the user's upload; on any refusal,
+    none stays stored."""
     stored: list[Attachment] = []
     try:
-        for raw in images:
-            stored.append(uploads.do_upload(user, raw))
+        for image in images:
+            validated = uploads.validate_upload(image) if isinstance(image, bytes) else image
+            stored.append(uploads.store_validated(user, validated))
     except BaseException:
         for attachment in stored:
             attachment.delete()

@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 
 from .errors import ChatError
-from .images import ImageLimits, ImageRejected, validate_image
+from .images import ImageLimits, ImageRejected, ValidatedImage, validate_image
 from .models import Attachment
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,21 @@ def check_size(size: int) -> None:
 
 def do_upload(user: AbstractBaseUser, raw: bytes) -> Attachment:
     """Validate an uploaded image, store it and its thumbnail, and record it as the user's."""
+    return store_validated(user, validate_upload(raw))
+
+
+def validate_upload(raw: bytes) -> ValidatedImage:
+    """The checks of do_upload that need no user and write nothing: the size cap, then the image
+    (chat.images.validate_image). Raises ChatError with the image's code (not_an_image, too_large…)."""
     check_size(len(raw))
     try:
-        image = validate_image(raw, limits())
+        return validate_image(raw, limits())
     except ImageRejected as exc:
         raise ChatError(exc.code, exc.message) from None
+
+
+def store_validated(user: AbstractBaseUser, image: ValidatedImage) -> Attachment:
+    """Store an image that passed validate_upload, and its thumbnail, as the user's, within the quota."""
     check_quota(user, len(image.data))
     attachment = Attachment(owner=user, sha256=image.sha256, size=len(image.data), mime=image.mime,
                             width=image.width, height=image.height)

@@ -17,10 +17,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 from PIL import Image
 
 from chat import api_keys, images
 from chat.models import Attachment, Conversation, Message
+from chat.models_audit import AuditEvent
 from deepseek_web.asgi import application
 from inference.routing import Heartbeat
 
@@ -400,14 +402,70 @@ def test_a_hand_made_multipart_body_gets_a_4xx_or_a_stored_png_never_a_500(clien
         assert_nothing_stored(media)
 
 
+UNPARSEABLE = ["a 100 KB file name", "200 files"]  # Django's parser itself refuses these
+
+
+def assert_refused_as_unreadable(response, owner, media) -> None:
+    """The view's JSON error, the audit trace every refused upload leaves, and nothing kept."""
+    assert response.status_code == 400, response.content[:200]
+    assert response["Content-Type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == "unreadable_upload" and error["message"].endswith(".")
+    [event] = AuditEvent.objects.filter(action="upload_rejected")
+    assert event.actor_id == owner.id and event.verdict == "unreadable_upload"
+    assert_nothing_stored(media)
+    assert (Conversation.objects.count(), Message.objects.count()) == (0, 0)
+
+
 @pytest.mark.django_db
-@pytest.mark.xfail(strict=True, reason="Django's parser refuses these before chat/attachment_views.upload reads "
-                                       "request.FILES in its try block, so the answer is Django's HTML 400 page")
-@pytest.mark.parametrize("name", ["a 100 KB file name", "200 files"])
+@pytest.mark.parametrize("name", UNPARSEABLE)
 def test_a_multipart_body_django_cannot_parse_is_refused_in_json(client, owner, media, name):
     client.force_login(owner)
     response = client.post("/attachments/", data=RAW_BODIES[name][0], content_type="multipart/form-data; boundary=XyZ")
-    assert response["Content-Type"] == "application/json"
+    assert_refused_as_unreadable(response, owner, media)
+
+
+CSRF_SECRET = "s" * 32
+
+
+def csrf_client(owner) -> Client:
+    """A client that checks CSRF, as a browser meets it: CsrfViewMiddleware reads request.POST, so it
+    parses the body before any view is called."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+    client.cookies[django_settings.CSRF_COOKIE_NAME] = CSRF_SECRET
+    return client
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", UNPARSEABLE)
+def test_with_csrf_checked_a_body_django_cannot_parse_is_still_refused_in_json(owner, media, name):
+    # The page sends its token in the X-CSRFToken header, which stays readable when the body is not
+    response = csrf_client(owner).post("/attachments/", data=RAW_BODIES[name][0],
+                                       content_type="multipart/form-data; boundary=XyZ", HTTP_X_CSRFTOKEN=CSRF_SECRET)
+    assert_refused_as_unreadable(response, owner, media)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name", UNPARSEABLE)
+def test_without_its_csrf_token_a_body_django_cannot_parse_is_still_forbidden(owner, media, name):
+    response = csrf_client(owner).post("/attachments/", data=RAW_BODIES[name][0],
+                                       content_type="multipart/form-data; boundary=XyZ")
+    assert response.status_code == 403
+    assert not AuditEvent.objects.filter(action="upload_rejected").exists()
+    assert_nothing_stored(media)
+
+
+@pytest.mark.django_db
+def test_with_csrf_checked_an_upload_still_works_and_a_forged_one_is_forbidden(owner, media):
+    client = csrf_client(owner)
+    sent = {"file": SimpleUploadedFile("a.png", png(), "image/png")}
+    assert client.post("/attachments/", sent).status_code == 403
+    assert_nothing_stored(media)
+    sent = {"file": SimpleUploadedFile("a.png", png(), "image/png")}
+    response = client.post("/attachments/", sent, HTTP_X_CSRFTOKEN=CSRF_SECRET)
+    assert response.status_code == 201, response.content[:200]
+    assert Attachment.objects.filter(id=response.json()["id"], owner=owner).exists()
 
 
 # ---- /v1/chat/completions with image_url parts ------------------------------------------------------
@@ -463,14 +521,53 @@ async def test_the_api_keeps_only_the_pixels_of_a_real_image_carrying_a_payload(
     await sync_to_async(assert_re_encoded)(attachment, sample.payload)
 
 
+@pytest.fixture
+def no_worker(redis_url):
+    """No worker heartbeat left by earlier tests: nobody serves the vision model."""
+    from deepseek_web.redis_server import shared_client
+
+    client = shared_client(redis_url)
+    for key in client.scan_iter("deepseek:workers:*"):
+        client.delete(key)
+
+
 @pytest.mark.django_db(transaction=True)
-async def test_with_no_worker_a_hostile_image_is_refused_without_a_500_and_nothing_is_stored(api, media):
-    # The worker check comes first (it costs nothing); either answer is a clear refusal.
-    statuses = set()
+async def test_with_no_worker_a_hostile_image_is_refused_for_its_own_reason_and_nothing_is_stored(api, no_worker,
+                                                                                                  media):
+    # The images are validated before the worker check: a bad one gets its 4xx, not a 503 to retry in vain.
     for name in REFUSED:
+        sample = CORPUS[name]
         response = await api.post("/v1/chat/completions", json=ask_about(built(name)))
-        statuses.add(response.status_code)
-        assert response.status_code in (400, 413, 503), (name, response.text[:200])
-        assert_conforms("ErrorResponse", response.json())
+        body = response.json()
+        assert response.status_code == (413 if sample.code == "too_large" else 400), (name, body)
+        assert_conforms("ErrorResponse", body)
+        assert body["error"]["code"] == sample.code and body["error"]["param"] == "messages[0].content", name
     assert await sync_to_async(rows)() == (0, 0, 0) and stored_files(media) == []
-    print(f"\nwith no worker, {len(REFUSED)} hostile images were answered {sorted(statuses)}")
+
+
+BAD_DATA_URLS = {
+    "not base64": ("data:image/png,rawnotbase64", "invalid_image_url"),
+    "broken base64": ("data:image/png;base64,!!!notbase64", "invalid_image_url"),
+    "base64 of text": ("data:image/png;base64," + base64.b64encode(b"hello, not an image").decode(), "not_an_image"),
+}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("name", list(BAD_DATA_URLS))
+async def test_with_no_worker_an_invalid_image_data_url_gets_its_400_not_a_503(api, no_worker, media, name):
+    url, code = BAD_DATA_URLS[name]
+    response = await api.post("/v1/chat/completions", json={"model": VISION, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this picture?"}, {"type": "image_url", "image_url": {"url": url}}]}]})
+    body = response.json()
+    assert response.status_code == 400, body
+    assert_conforms("ErrorResponse", body)
+    assert body["error"]["code"] == code and body["error"]["param"] == "messages[0].content"
+    assert body["error"]["message"].endswith(".")
+    assert await sync_to_async(rows)() == (0, 0, 0) and stored_files(media) == []
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_with_no_worker_a_valid_image_still_gets_the_503_and_nothing_is_stored(api, no_worker, media):
+    response = await api.post("/v1/chat/completions", json=ask_about(png()))
+    assert response.status_code == 503 and response.json()["error"]["code"] == "no_worker"
+    assert await sync_to_async(rows)() == (0, 0, 0) and stored_files(media) == []

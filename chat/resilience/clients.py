@@ -120,6 +120,9 @@ class SocketChat:
                             answer.seqs.append(body["seq"])
                     else:
                         answer.final_text = body["content"]
+                        if body["seq"] > (answer.seqs or [0])[-1]:  # deltas were lost: the page takes
+                            answer.text, answer.resumed = body["content"], True  # the row's text (chat.js)
+                            answer.seqs.append(body["seq"])
             elif kind == "delta" and frame["message_id"] == message_id:
                 last = answer.seqs[-1] if answer.seqs else 0
                 if frame["seq"] <= last:

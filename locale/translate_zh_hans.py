@@ -8,6 +8,8 @@ from pathlib import Path
 import polib
 
 ZH_HANS = {
+    "The upload could not be read. Send one image per request, with a file name of ordinary length.":
+        "无法读取此上传。每次请求发送一张图片，且文件名长度应正常。",
     "The text contains a NUL character, which cannot be stored.": "文本包含无法保存的 NUL 字符。",
     "Model": "模型",
     "System prompt": "系统提示词",

@@ -54,11 +54,27 @@ def failures() -> int:
     return _failures
 
 
+_in_failure_run = False  # the last write failed: later failures are logged without their traceback
+
+
 def _count_failure() -> None:
     global _failures
     with _failures_lock:
         _failures += 1
     audit_write_failed()  # the same count, for /metrics
+
+
+def _log_failure(action: str, exc: BaseException) -> None:
+    """Every failure is logged at ERROR; the traceback only with the first of a run of them (a database
+    outage fails every request's event the same way, and a traceback each would bury the log)."""
+    global _in_failure_run
+    first, _in_failure_run = not _in_failure_run, True
+    if first:
+        log.error("Audit event %r could not be written (%d failures so far)", action, _failures, exc_info=exc)
+    else:
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        log.error("Audit event %r could not be written (%d failures so far): %s: %s", action, _failures,
+                  type(exc).__name__, reason)
 
 
 # ---- canonical form and hashes --------------------------------------------------------------
@@ -303,10 +319,12 @@ def record(action: str, *, actor: Any = None, request: Any = None, conversation_
             event.created_at = timezone.now()
             event.hash = event_hash(event)
             event.save()
-    except Exception:
+    except Exception as exc:
         _count_failure()
-        log.error("Audit event %r could not be written (%d failures so far)", action, _failures, exc_info=True)
+        _log_failure(action, exc)
         return None
+    global _in_failure_run
+    _in_failure_run = False
     return event
 
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 from django.core.management import call_command
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.test import RequestFactory, override_settings
 from django.utils import timezone
 
@@ -331,6 +331,25 @@ def test_when_the_audit_insert_fails_record_returns_none_logs_counts_and_the_cal
     assert issubclass(entry.exc_info[0], DatabaseError)
     monkeypatch.undo()
     assert AuditEvent.objects.count() == events_before
+
+
+def test_a_run_of_audit_failures_logs_one_traceback_then_one_line_each_until_a_write_succeeds(
+        alice, monkeypatch, caplog):
+    def broken_insert(self, *args, **kwargs):
+        raise OperationalError("connection to server at \"127.0.0.1\", port 5432 failed: Connection refused")
+
+    monkeypatch.setattr(audit, "_in_failure_run", False)
+    monkeypatch.setattr(AuditEvent, "save", broken_insert)
+    with caplog.at_level(logging.ERROR, logger="chat.audit"):
+        for _ in range(3):
+            assert audit.record("login", actor=alice) is None
+        monkeypatch.undo()  # the database is back
+        assert audit.record("login", actor=alice) is not None
+        monkeypatch.setattr(AuditEvent, "save", broken_insert)
+        assert audit.record("logout", actor=alice) is None
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.exc_info is not None for r in errors] == [True, False, False, True]
+    assert "Connection refused" in errors[1].getMessage() and "OperationalError" in errors[1].getMessage()
 
 
 def test_an_event_recorded_in_a_transaction_that_rolls_back_goes_with_it(alice):

@@ -41,6 +41,14 @@ def upload(request: HttpRequest) -> HttpResponse:
     return _upload(request, refused=None)
 
 
+def refuse_oversized(request: HttpRequest, declared: int) -> JsonResponse:
+    """A body whose Content-Length is past the cap (chat/body_limits.py): refused unread, audited."""
+    refused = uploads.too_large(declared)
+    audit.record("upload_rejected", request=request, verdict=refused.code, detail={"code": refused.code,
+                                                                                  "size": declared})
+    return JsonResponse({"error": {"code": refused.code, "message": refused.message}}, status=413)
+
+
 @csrf_protect
 def _upload(request: HttpRequest, refused: Exception | None) -> JsonResponse:
     sent = None if refused is not None else request.FILES.get("file")

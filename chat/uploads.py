@@ -42,11 +42,15 @@ def check_quota(user: AbstractBaseUser, adding: int) -> None:
                         % {"limit": settings.ATTACHMENT_BYTES_PER_USER // (1024 * 1024)})
 
 
+def too_large(size: int) -> ChatError:
+    return ChatError("too_large", _("The image is %(size)d bytes; the limit is %(limit)d.")
+                     % {"size": size, "limit": settings.ATTACHMENT_MAX_BYTES})
+
+
 def check_size(size: int) -> None:
     """The byte cap, checkable before an upload is read into memory."""
     if size > settings.ATTACHMENT_MAX_BYTES:
-        raise ChatError("too_large", _("The image is %(size)d bytes; the limit is %(limit)d.")
-                        % {"size": size, "limit": settings.ATTACHMENT_MAX_BYTES})
+        raise too_large(size)
 
 
 def do_upload(user: AbstractBaseUser, raw: bytes) -> Attachment:

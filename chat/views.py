@@ -186,6 +186,12 @@ def import_conversation(request: HttpRequest) -> HttpResponse:
     return redirect("conversation", conversation_id=imported.id)
 
 
+def refuse_oversized_import(request: HttpRequest, declared: int) -> HttpResponse:
+    """An import whose Content-Length is past the cap (chat/body_limits.py): refused unread."""
+    return _page(request, status=413, import_error=_("The file could not be imported: %(reason)s")
+                 % {"reason": _("The file is too large to import.")})
+
+
 class AuditedPasswordChangeView(PasswordChangeView):
     """Django's password change, with an audit event when it succeeds."""
 

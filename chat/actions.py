@@ -24,7 +24,7 @@ from inference.prompt_check import message_tokens, room_for_prompt
 from inference.registry import ModelSpec, UnknownModel, default_model, get_model
 from inference.routing import queue_for
 
-from . import answer_queue, audit, liveness, moderation, threads, uploads
+from . import answer_queue, audit, liveness, message_limits, moderation, threads, uploads
 from .errors import ChatError
 from .models import Conversation, Message
 
@@ -233,6 +233,7 @@ def do_send_message(
         parent = edited.parent
     else:
         parent = _branch_leaf(conversation)
+    message_limits.check_and_count(user)
     return _queue_answer(conversation, spec, parent, content, client_id, announce, images)
 
 
@@ -247,7 +248,9 @@ def do_regenerate(
         raise ChatError("not_found", _("No such answer to regenerate."), message_id=answer.id)
     if answer.is_active:
         raise ChatError("busy", _(BUSY), message_id=answer.id)
-    return _queue_answer(conversation, _model_of(conversation), answer.parent, None, "", announce)
+    spec = _model_of(conversation)
+    message_limits.check_and_count(user)
+    return _queue_answer(conversation, spec, answer.parent, None, "", announce)
 
 
 def do_select_version(user: AbstractBaseUser, conversation_id: Any, message_id: Any) -> Message:

@@ -317,6 +317,10 @@ STREAM_FLUSH_SECONDS = env_float("STREAM_FLUSH_SECONDS", 0.05, minimum=0.0)
 # An answer nobody has watched (no open socket on its conversation) for this long is cancelled.
 ABANDONED_AFTER_SECONDS = env_float("ABANDONED_AFTER_SECONDS", 60.0, minimum=0.1)
 # Socket frames a client may send in a burst, and how many per second refill the burst.
+# Per user, across tabs and conversations (0 = no limit): answers being written at once, and chat
+# messages (sends and regenerations) per minute (chat/message_limits.py).
+CHAT_ACTIVE_ANSWERS_PER_USER = env_int("CHAT_ACTIVE_ANSWERS_PER_USER", 4, minimum=0)
+CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20, minimum=0)
 SOCKET_FRAME_BURST = env_int("SOCKET_FRAME_BURST", 20, minimum=1)
 SOCKET_FRAMES_PER_SECOND = env_float("SOCKET_FRAMES_PER_SECOND", 2.0, minimum=0.01)
 

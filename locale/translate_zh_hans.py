@@ -8,6 +8,10 @@ from pathlib import Path
 import polib
 
 ZH_HANS = {
+    "%(limit)d answers are being written for you already. Wait for one to finish, or stop one.":
+        "已有 %(limit)d 个回答正在为你生成。请等待其中一个完成，或停止一个。",
+    "You are sending messages too fast (at most %(limit)d a minute). Try again in %(seconds)d s.":
+        "你发送消息过快（每分钟最多 %(limit)d 条）。请在 %(seconds)d 秒后重试。",
     "The upload could not be read. Send one image per request, with a file name of ordinary length.":
         "无法读取此上传。每次请求发送一张图片，且文件名长度应正常。",
     "The text contains a NUL character, which cannot be stored.": "文本包含无法保存的 NUL 字符。",

@@ -44,6 +44,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
     # The suite signs up far more users from 127.0.0.1 than a person would; tests/test_abuse.py turns it on.
     settings.SIGNUPS_PER_IP_PER_HOUR = 0
+    # Its tests send far more messages per user than a person would; tests/test_message_limits.py turns
+    # these on (and the resilience stack runs with the defaults).
+    settings.CHAT_MESSAGES_PER_MINUTE = 0
+    settings.CHAT_ACTIVE_ANSWERS_PER_USER = 0
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

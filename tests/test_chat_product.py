@@ -261,3 +261,19 @@ class ChatProductTests(BrowserTestCase):
         page.wait_for_selector(".message.assistant.cancelled")
         shown = page.inner_text(".message.assistant .content")
         assert Message.objects.get(role="assistant").content.strip() == shown.strip()
+
+    def test_a_refused_message_comes_back_to_the_composer_with_the_reason(self):
+        page = self.page
+        self.start_chat("rhea")
+        too_long = "Please read all of this. " + "word " * 2500  # past the demo model's 2048-token context
+        page.fill("#prompt", too_long)
+        page.press("#prompt", "Enter")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "tokens long" in page.inner_text("#error")
+        assert page.input_value("#prompt") == too_long  # nothing typed is lost
+        assert Message.objects.count() == 0  # and nothing was saved
+        # Shortened, it goes, and the composer empties for good.
+        page.fill("#prompt", "Hello")
+        page.press("#prompt", "Enter")
+        page.wait_for_selector(".message.assistant.done")
+        assert page.input_value("#prompt") == "" and page.is_hidden("#error")

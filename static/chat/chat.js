@@ -24,6 +24,8 @@ let activeId = null; // the answer being written, if any (in any branch)
 let socket = null;
 let retries = 0;
 let sentImages = false; // images went with the last send: clear the tray once it is accepted
+// The last message sent and not yet taken (its question not echoed back): a refusal puts its text back.
+let unconfirmed = null;
 const images = setupAttachments({ t, onError: showError, dropZone: document.getElementById("main") });
 
 // ---- elements -------------------------------------------------------------------------------
@@ -219,6 +221,7 @@ function showTitle(title) {
 
 function upsert(body) {
   if (body.conversation_title) showTitle(body.conversation_title);
+  if (unconfirmed && body.role === "user" && body.client_id === unconfirmed.clientId) unconfirmed = null;
   if (sentImages && body.role === "user" && body.client_id) {
     images.clear(); // the server took them with the message (on an error they stay for another try)
     sentImages = false;
@@ -311,6 +314,11 @@ function onFrame(frame) {
     case "error": {
       const node = frame.message_id && nodes.get(frame.message_id);
       if (node && frame.code === "generation_failed") node.error = frame.message;
+      if (unconfirmed && !frame.message_id) {
+        // The send was refused (too long, too fast, filtered…): nothing was saved, so nothing typed is lost.
+        if (!prompt.value) prompt.value = unconfirmed.content;
+        unconfirmed = null;
+      }
       showError(frame.message);
       break;
     }
@@ -339,8 +347,10 @@ function submit() {
     showError(t.still_uploading);
     return;
   }
-  if (!send({ type: "send", content, attachments: images.ids(), client_id: crypto.randomUUID() })) return;
+  const clientId = crypto.randomUUID();
+  if (!send({ type: "send", content, attachments: images.ids(), client_id: clientId })) return;
   showError("");
+  unconfirmed = { clientId, content };
   prompt.value = "";
   sentImages = true;
 }

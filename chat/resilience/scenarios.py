@@ -391,7 +391,7 @@ SUITE_FILES = {
     "database unavailable": ["tests/test_outage.py"],
     "fuzzing": ["tests/test_api_fuzz.py", "tests/test_socket_fuzz.py", "tests/test_upload_corpus.py"],
     "authorization matrix": ["tests/test_authorization_matrix.py"],
-    "abuse": ["tests/test_abuse.py", "tests/test_login_throttle.py"],
+    "abuse": ["tests/test_abuse.py", "tests/test_login_throttle.py", "tests/test_message_limits.py"],
 }
 
 

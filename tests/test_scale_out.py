@@ -168,6 +168,8 @@ class ScaleOutTest(ChannelsLiveServerTestCase):
         served = {}
         for conversation in first:
             calls = AuditEvent.objects.filter(action="model_call", conversation_id=conversation.id)
+            # The worker writes the audit event just after the row it marks done: give it a moment.
+            wait_for(lambda calls=calls: calls.count() >= 2, 10, "both answers' audit events")
             served[conversation.id] = {call.detail["worker"] for call in calls}
             assert calls.count() == 2
         assert [served[c.id] for c in first] == [{w.hostname} for w in self.workers.values()]

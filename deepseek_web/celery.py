@@ -7,4 +7,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
 
 app = Celery("deepseek_web")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["inference"])  # chat.audit's task registers when the chat app loads
+# The generation tasks live in chat.worker.tasks (names kept: "inference.tasks.generate"); the audit and
+# API prune tasks register when their apps load.
+app.autodiscover_tasks(["chat.worker"])

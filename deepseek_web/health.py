@@ -13,9 +13,9 @@ from django.db import connections
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from inference.metrics_snapshots import client as redis_client
+from chat.core.metrics_snapshots import client as redis_client
 from inference.registry import all_models
-from inference.routing import live_workers
+from chat.core.worker_routing import live_workers
 
 log = logging.getLogger(__name__)
 CACHE_SECONDS = 3.0  # a burst of probes (several load balancers, kubelets) runs the checks once

@@ -14,10 +14,10 @@ from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from inference.metrics_snapshots import SharedCollector, ensure_pushing
-from inference.metrics_snapshots import client as redis_client
+from chat.core.metrics_snapshots import SharedCollector, ensure_pushing
+from chat.core.metrics_snapshots import client as redis_client
 from inference.registry import all_models
-from inference.routing import live_workers, private_queue
+from chat.core.worker_routing import live_workers, private_queue
 
 log = logging.getLogger(__name__)
 # A request that came through a proxy shows the proxy's address, and a proxy on this host would

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import secrets
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import dj_database_url
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import env_bool, env_choice, env_float, env_int, env_json, env_list, env_str
+from chat.core.env import env_bool, env_choice, env_float, env_int, env_json, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Everything the site writes at run time (SQLite DB, secret key, demo models) lives here, outside git.
@@ -61,27 +62,37 @@ INSTALLED_APPS = [
     "axes",
     "channels",
     "csp",
-    "chat",
-    "inference",
+    # One app per concern, lowest layer first (DESIGN.md "Layout"); chat.conversations keeps the label "chat".
+    "chat.core",
+    "chat.images",
+    "chat.moderation",
+    "chat.audit",
+    "chat.accounts",
+    "chat.conversations",
+    "chat.api",
+    "chat.worker",
 ]
+# Load suites and benchmarks: outside production only (the Docker image does not even carry them).
+if not PRODUCTION and importlib.util.find_spec("chat.devtools") is not None:
+    INSTALLED_APPS.append("chat.devtools")
 
 MIDDLEWARE = [
     # First, so every later middleware and the view log with the request's id.
-    "deepseek_web.log_context.RequestIdMiddleware",
+    "chat.core.log_context.RequestIdMiddleware",
     # A database outage in a view answers 503 (one raised in a middleware reaches handler500, urls.py).
-    "chat.outage.DatabaseOutageMiddleware",
+    "chat.conversations.outage.DatabaseOutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     # Before CSRF, whose check parses a form body: uploads and imports past their cap are refused unread.
-    "chat.body_limits.BodyLimitMiddleware",
+    "chat.conversations.body_limits.BodyLimitMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "chat.middleware.AuditMiddleware",
-    "chat.middleware.ModerationMiddleware",
+    "chat.conversations.middleware.AuditMiddleware",
+    "chat.conversations.middleware.ModerationMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     # Last, as django-axes asks: it turns a locked-out sign-in into the lockout page.
@@ -139,7 +150,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "chat.context_processors.appearance",
+                "chat.conversations.context_processors.appearance",
             ],
         },
     },
@@ -194,9 +205,9 @@ AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 # The audit log already records every sign-in; axes' own access log would be a second copy.
 AXES_DISABLE_ACCESS_LOG = True
 # The login page with a translated message and status 429, not axes' bare text.
-AXES_LOCKOUT_CALLABLE = "chat.lockout.lockout_response"
+AXES_LOCKOUT_CALLABLE = "chat.accounts.lockout.lockout_response"
 # The same client address the audit log records (AUDIT_TRUSTED_PROXY_COUNT).
-AXES_CLIENT_IP_CALLABLE = "chat.lockout.client_ip"
+AXES_CLIENT_IP_CALLABLE = "chat.accounts.lockout.client_ip"
 # Sign-up flooding: accounts one client address may create per hour (0 = no limit), counted in Redis.
 SIGNUPS_PER_IP_PER_HOUR = env_int("SIGNUPS_PER_IP_PER_HOUR", 10, minimum=0)
 
@@ -225,7 +236,7 @@ STORAGES = {
 }
 
 # --- Uploaded images: Django storage (set STORAGES["default"] for S3-style backends). Never
-# served as static files: only the owner gets them, through chat.views.attachment_file.
+# served as static files: only the owner gets them, through chat.conversations.views.attachment_file.
 MEDIA_ROOT = DATA_DIR / "media"
 MEDIA_URL = "/media/"  # not routed; files go through the authorized view
 ATTACHMENT_MAX_BYTES = env_int("ATTACHMENT_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
@@ -362,10 +373,10 @@ LOG_FORMAT = env_choice("LOG_FORMAT", "plain", ("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "deepseek_web.log_context.ContextFilter"}},
+    "filters": {"context": {"()": "chat.core.log_context.ContextFilter"}},
     "formatters": {
-        "plain": {"()": "deepseek_web.log_context.plain_formatter"},
-        "json": {"()": "deepseek_web.log_context.json_formatter"},
+        "plain": {"()": "chat.core.log_context.plain_formatter"},
+        "json": {"()": "chat.core.log_context.json_formatter"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},

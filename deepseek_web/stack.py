@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from .redis_server import ensure_redis, free_port
+from chat.core.redis_server import ensure_redis, free_port
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "deepseek_web.settings")
 

@@ -2,9 +2,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from chat import api_views, views
+from chat.api import views as api_views
 
-from . import health, metrics_endpoint
+from chat.conversations import views
+
+from deepseek_web import health, metrics_endpoint
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -24,8 +26,8 @@ urlpatterns = [
     # DeepSeek's own samples use the bare host as base URL (https://api.deepseek.com/chat/completions).
     path("chat/completions", api_views.chat_completions),
     path("models", api_views.models),
-    path("", include("chat.urls")),
+    path("", include("chat.conversations.urls")),
 ]
 
 # A database outage raised outside a view (the session or user loaded in middleware) answers 503, not 500.
-handler500 = "chat.outage.server_error"
+handler500 = "chat.conversations.outage.server_error"

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import metrics
-from .loading import LoadedModel
+from chat.core import metrics
+from inference.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 

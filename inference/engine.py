@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import metrics
-from .batching import BatchConfig, BatchRunner
-from .detokenizer import IncrementalDetokenizer
-from .loading import LoadedModel
-from .registry import ModelSpec
-from .turns import TurnCache
-from .vision import encode_with_images
+from chat.core import metrics
+from inference.batching import BatchConfig, BatchRunner
+from inference.detokenizer import IncrementalDetokenizer
+from inference.loading import LoadedModel
+from inference.registry import ModelSpec
+from inference.turns import TurnCache
+from inference.vision import encode_with_images
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .registry import ModelSpec
+from inference.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _quantization_config(spec: ModelSpec):
     import torch
     from transformers import BitsAndBytesConfig
 
-    from .vision import VISION_SKIP_MODULES
+    from inference.vision import VISION_SKIP_MODULES
 
     unpackable = _unpackable_on_this_cpu(spec)
     # Naming any module replaces transformers' own default (the output head), so name it too.

@@ -9,7 +9,7 @@ import threading
 from functools import lru_cache
 from typing import Any
 
-from .registry import ModelSpec
+from inference.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 

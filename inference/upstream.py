@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from .engine import Delta, GenerationStats, SamplingParams
-from .registry import ModelSpec
+from inference.engine import Delta, GenerationStats, SamplingParams
+from inference.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 FINISH_REASONS = ("stop", "length", "content_filter")

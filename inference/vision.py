@@ -40,7 +40,7 @@ def encode_with_images(
     processor: Any, history: list[dict[str, Any]], budget: int, thinking: bool
 ) -> VisionPrompt:
     """Render the history (oldest turns dropped until it fits `budget` tokens) and process its images."""
-    from .engine import PromptTooLong
+    from inference.engine import PromptTooLong
 
     system = [m for m in history if m["role"] == "system"]
     turns = [m for m in history if m["role"] != "system"]

@@ -13,12 +13,12 @@ from channels.testing import ChannelsLiveServerTestCase
 from django.contrib.auth import get_user_model
 from django.test import override_settings
 
-from chat import api_keys
+from chat.accounts import api_keys
 from deepseek_web.celery import app as celery_app
-from deepseek_web.redis_server import shared_client
-from inference import tasks
+from chat.core.redis_server import shared_client
+from chat.worker import tasks
 from inference.registry import get_model
-from inference.tasks import stop_engines
+from chat.worker.tasks import stop_engines
 
 from .browser import BROWSER_MODELS, FreshConnectionsDaphne
 from .echo_engine import EchoEngine

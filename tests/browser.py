@@ -20,9 +20,9 @@ from django.db import connections
 from django.test import override_settings
 
 from deepseek_web.celery import app as celery_app
-from inference import tasks
+from chat.worker import tasks
 from inference.registry import get_model
-from inference.tasks import stop_engines
+from chat.worker.tasks import stop_engines
 
 from .echo_engine import EchoEngine
 from .xss_corpus import RECORDER_JS

@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonschema_rs
 
-from chat.openapi import openai_schemas
+from chat.api.openapi import openai_schemas
 
 
 def _with_nulls(schema: Any) -> Any:

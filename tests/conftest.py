@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from deepseek_web.redis_server import PrivateRedis, free_port, is_reachable
+from chat.core.redis_server import PrivateRedis, free_port, is_reachable
 
 # A database of its own on the machine's Redis, so a dev server on /0 is left alone.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")

@@ -9,10 +9,10 @@ from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 
-from chat.exports import IMPORT_MAX_BYTES
-from chat.models import Attachment, Conversation, Message
-from chat.models_audit import AuditEvent
-from deepseek_web.redis_server import shared_client
+from chat.conversations.exports import IMPORT_MAX_BYTES
+from chat.conversations.models import Attachment, Conversation, Message
+from chat.audit.models import AuditEvent
+from chat.core.redis_server import shared_client
 
 from .sockets import open_socket, receive, send
 

@@ -9,11 +9,16 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from django.utils import timezone
 
-from chat import actions, answer_queue, audit
-from chat.models import AuditEvent, Conversation, Message
+from chat.conversations import actions
+
+from chat.conversations import answer_queue
+
+from chat.audit import log as audit
+from chat.audit.models import AuditEvent
+from chat.conversations.models import Conversation, Message
 from deepseek_web.celery import app as celery_app
 from inference.registry import get_model
-from inference.tasks import stop_engines
+from chat.worker.tasks import stop_engines
 
 pytestmark = pytest.mark.django_db
 

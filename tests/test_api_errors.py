@@ -11,10 +11,14 @@ import openai
 import pytest
 from asgiref.sync import sync_to_async
 
-from chat import api_keys, api_usage
-from chat.models import ApiUsage, AuditEvent, Conversation, Message
+from chat.accounts import api_keys
+
+from chat.accounts import usage as api_usage
+from chat.accounts.models import ApiUsage
+from chat.audit.models import AuditEvent
+from chat.conversations.models import Conversation, Message
 from deepseek_web.asgi import application
-from inference.routing import Heartbeat
+from chat.core.worker_routing import Heartbeat
 
 from .conformance import assert_conforms
 
@@ -50,7 +54,7 @@ def worker_alive(redis_url):
 
 @pytest.fixture(autouse=True)
 def fresh_limits(redis_url):
-    from deepseek_web.redis_server import shared_client
+    from chat.core.redis_server import shared_client
 
     client = shared_client(redis_url)
     for name in client.scan_iter("deepseek:api:*"):

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from chat import uploads
-from chat.api_completions import prune_api_history, prune_api_history_task
-from chat.models import ApiUsage, Conversation, Message
+from chat.conversations import uploads
+from chat.api.completions import prune_api_history, prune_api_history_task
+from chat.accounts.models import ApiUsage
+from chat.conversations.models import Conversation, Message
 
 from .test_uploads import png
 

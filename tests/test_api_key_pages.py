@@ -7,8 +7,8 @@ import re
 import pytest
 from django.utils import translation
 
-from chat import api_keys
-from chat.models import ApiKey, ApiUsage
+from chat.accounts import api_keys
+from chat.accounts.models import ApiKey, ApiUsage
 
 pytestmark = pytest.mark.django_db
 

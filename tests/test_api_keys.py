@@ -6,9 +6,10 @@ import io
 import pytest
 from django.core.management import CommandError, call_command
 
-from chat import api_keys
-from chat.errors import ChatError
-from chat.models import ApiKey, AuditEvent
+from chat.accounts import api_keys
+from chat.core.errors import ChatError
+from chat.accounts.models import ApiKey
+from chat.audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 

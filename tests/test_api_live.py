@@ -12,9 +12,11 @@ import openai
 import pytest
 from PIL import Image
 
-from chat import actions
-from chat.models import ApiUsage, AuditEvent, Conversation, Message
-from inference import tasks
+from chat.conversations import actions
+from chat.accounts.models import ApiUsage
+from chat.audit.models import AuditEvent
+from chat.conversations.models import Conversation, Message
+from chat.worker import tasks
 from inference.engine import Delta
 
 from .api_server import ApiServerTestCase

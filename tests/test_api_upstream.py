@@ -10,8 +10,9 @@ import openai
 import pytest
 from django.test import override_settings
 
-from chat.models import ApiUsage, Conversation, Message
-from inference import tasks
+from chat.accounts.models import ApiUsage
+from chat.conversations.models import Conversation, Message
+from chat.worker import tasks
 
 from .api_server import API_MODELS, QUEUES, ApiServerTestCase
 from .echo_engine import EchoEngine

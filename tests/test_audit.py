@@ -14,9 +14,10 @@ from django.db import DatabaseError, OperationalError, connection, transaction
 from django.test import RequestFactory, override_settings
 from django.utils import timezone
 
-from chat import audit
-from chat.models import AuditCheckpoint, AuditEvent, Conversation
-from chat.models_audit import ZERO_HASH, AuditImmutable
+from chat.audit import log as audit
+from chat.audit.models import AuditCheckpoint, AuditEvent
+from chat.conversations.models import Conversation
+from chat.audit.models import ZERO_HASH, AuditImmutable
 from deepseek_web.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
@@ -135,7 +136,7 @@ async def test_async_code_records_through_arecord():
 
 
 def test_an_unknown_action_or_a_bad_id_is_kept_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="chat.audit"):
+    with caplog.at_level(logging.WARNING, logger="chat.audit.log"):
         event = audit.record("something_new", conversation_id="not-a-uuid", message_id="")
     assert (event.action, event.conversation_id, event.message_id) == ("something_new", None, None)
     assert "something_new" in caplog.text and "not-a-uuid" in caplog.text
@@ -319,7 +320,7 @@ def test_when_the_audit_insert_fails_record_returns_none_logs_counts_and_the_cal
     monkeypatch.setattr(AuditEvent, "save", broken_insert)
     before, events_before = audit.failures(), AuditEvent.objects.count()
     # When a caller records inside its own transaction, and goes on writing after
-    with caplog.at_level(logging.ERROR, logger="chat.audit"), transaction.atomic():
+    with caplog.at_level(logging.ERROR, logger="chat.audit.log"), transaction.atomic():
         Conversation.objects.create(user=alice, model="deepseek-chat", title="first")
         assert audit.record("conversation_deleted", actor=alice) is None
         Conversation.objects.create(user=alice, model="deepseek-chat", title="second")
@@ -340,7 +341,7 @@ def test_a_run_of_audit_failures_logs_one_traceback_then_one_line_each_until_a_w
 
     monkeypatch.setattr(audit, "_in_failure_run", False)
     monkeypatch.setattr(AuditEvent, "save", broken_insert)
-    with caplog.at_level(logging.ERROR, logger="chat.audit"):
+    with caplog.at_level(logging.ERROR, logger="chat.audit.log"):
         for _ in range(3):
             assert audit.record("login", actor=alice) is None
         monkeypatch.undo()  # the database is back

@@ -9,9 +9,10 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.db import connection
 
-from chat import audit
-from chat.audit_admin import CSV_FIELDS
-from chat.models import AuditEvent, ModerationRule
+from chat.audit import log as audit
+from chat.audit.admin import CSV_FIELDS
+from chat.audit.models import AuditEvent
+from chat.moderation.models import ModerationRule
 
 from .browser import PASSWORD, BrowserTestCase
 
@@ -169,7 +170,7 @@ RULE = {"kind": "regex", "pattern": r"\bkill\b", "category": "violence", "applie
     ("regex", "(unclosed", "This regular expression does not compile: missing ), unterminated subpattern"),
     ("regex", "a{2,1}", "does not compile"),
     ("keyword", "   ", "The pattern is empty."),
-    ("regex", "a*", "matches empty text"),  # chat.moderation's own check: it would block everything
+    ("regex", "a*", "matches empty text"),  # chat.moderation.rules's own check: it would block everything
 ])
 def test_a_rule_with_an_unusable_pattern_gets_a_clear_error_and_nothing_is_saved(admin_client, kind, pattern,
                                                                                    message):

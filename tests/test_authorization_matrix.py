@@ -24,10 +24,20 @@ from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 from PIL import Image
 
-from chat import actions, api_keys, audit, exports, uploads
-from chat.models import ApiKey, Attachment, Conversation, Message
-from chat.models_audit import AuditEvent, ModerationRule
-from chat.routing import websocket_urlpatterns
+from chat.conversations import actions
+
+from chat.accounts import api_keys
+
+from chat.audit import log as audit
+
+from chat.conversations import exports
+
+from chat.conversations import uploads
+from chat.accounts.models import ApiKey
+from chat.conversations.models import Attachment, Conversation, Message
+from chat.audit.models import AuditEvent
+from chat.moderation.models import ModerationRule
+from chat.conversations.routing import websocket_urlpatterns
 from deepseek_web import health
 from deepseek_web.asgi import application
 
@@ -118,7 +128,7 @@ def png() -> bytes:
 def no_live_workers(redis_url):
     """No worker heartbeats left by earlier tests: a completion with a live key then answers 503
     no_worker at once, instead of waiting in a queue nobody reads."""
-    from deepseek_web.redis_server import shared_client
+    from chat.core.redis_server import shared_client
 
     client = shared_client(redis_url)
     for key in client.scan_iter("deepseek:workers:*"):
@@ -165,8 +175,8 @@ def world(settings, tmp_path, broker, monkeypatch) -> World:
         "axes/accessfailurelog": AccessFailureLog.objects.create(**attempt).pk,
         "chat/conversation": conversation.pk,
         "chat/message": question.pk,
-        "chat/auditevent": audit.record("conversation_exported", actor=owner, conversation_id=conversation.id).pk,
-        "chat/moderationrule": ModerationRule.objects.create(kind="keyword", pattern="zz-never-typed-zz").pk,
+        "audit/auditevent": audit.record("conversation_exported", actor=owner, conversation_id=conversation.id).pk,
+        "moderation/moderationrule": ModerationRule.objects.create(kind="keyword", pattern="zz-never-typed-zz").pk,
     }
     return World(users, conversation, attachment, live_row, live_key, revoked_key, import_file, admin_ids)
 
@@ -183,7 +193,7 @@ def snapshot(world: World) -> dict[str, list[dict[str, Any]]]:
         "groups": Group.objects.all(),
         "moderation_rules": ModerationRule.objects.all(),
         "access_attempts": AccessAttempt.objects.all(),
-        "audit_event": AuditEvent.objects.filter(pk=world.admin_ids["chat/auditevent"]),
+        "audit_event": AuditEvent.objects.filter(pk=world.admin_ids["audit/auditevent"]),
     }
     return {name: list(rows.order_by("pk").values()) for name, rows in owned.items()}
 
@@ -351,8 +361,8 @@ ADMIN_MODELS = {
     "chat/conversation": AdminModel(),
     "chat/message": AdminModel(),
     # The audit log is evidence: read-only even for a superuser (chat/audit_admin.py).
-    "chat/auditevent": AdminModel(add=False, change_post=403, delete=False),
-    "chat/moderationrule": AdminModel(),
+    "audit/auditevent": AdminModel(add=False, change_post=403, delete=False),
+    "moderation/moderationrule": AdminModel(),
 }
 
 

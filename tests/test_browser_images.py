@@ -7,7 +7,7 @@ import re
 
 from PIL import Image
 
-from chat.models import Attachment
+from chat.conversations.models import Attachment
 
 from .browser import BrowserTestCase
 

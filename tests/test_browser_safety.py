@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import re
 
-from chat.models import Conversation, Message
+from chat.conversations.models import Conversation, Message
 
 from .browser import BrowserTestCase
 from .xss_corpus import PAYLOADS

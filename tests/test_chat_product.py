@@ -6,7 +6,7 @@ import re
 
 from django.test import override_settings
 
-from chat.models import Conversation, Message
+from chat.conversations.models import Conversation, Message
 
 from .browser import ECHO, GREEDY_DEMO, VISION, BrowserTestCase
 

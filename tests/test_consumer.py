@@ -7,7 +7,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from chat.models import Conversation, Message
+from chat.conversations.models import Conversation, Message
 from deepseek_web.asgi import application
 
 from .sockets import open_socket, receive, send

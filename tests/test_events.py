@@ -1,7 +1,7 @@
 """Publishing frames from worker threads: one long-lived loop per process."""
 import os
 
-from chat import events
+from chat.conversations import events
 
 
 def test_a_forked_child_publishes_through_its_own_loop():

@@ -4,8 +4,8 @@ import json
 import pytest
 from django.conf import settings
 
-from chat.actions import ChatError
-from chat.exports import (
+from chat.conversations.actions import ChatError
+from chat.conversations.exports import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
     IMPORT_MAX_BYTES,
@@ -15,7 +15,7 @@ from chat.exports import (
     export_json,
     export_markdown,
 )
-from chat.models import Conversation, Message
+from chat.conversations.models import Conversation, Message
 from inference.registry import default_model
 
 from .xss_corpus import PAYLOADS

@@ -9,9 +9,9 @@ from celery.contrib.testing.worker import start_worker
 from celery.signals import worker_ready
 from channels.db import database_sync_to_async
 
-from chat.models import Conversation, Message
+from chat.conversations.models import Conversation, Message
 from deepseek_web.celery import app as celery_app
-from inference.tasks import stop_engines
+from chat.worker.tasks import stop_engines
 
 from .sockets import open_socket, receive, receive_until, send
 
@@ -222,7 +222,7 @@ async def test_an_answer_nobody_watches_is_cancelled_after_the_timeout(worker, a
 
 
 async def test_a_conversation_is_routed_to_the_worker_holding_its_cache(worker, alice, broker):
-    from inference.routing import live_workers, private_queue, queue_for
+    from chat.core.worker_routing import live_workers, private_queue, queue_for
 
     deadline = time.monotonic() + 10
     while worker.hostname not in live_workers(QUEUE) and time.monotonic() < deadline:
@@ -242,8 +242,8 @@ def _queued_answer_for(conversation: Conversation) -> Message:
 
 
 async def test_answers_queued_for_a_worker_that_went_silent_are_taken_by_a_live_one(worker, alice, broker):
-    from chat.actions import GENERATE_TASK
-    from inference.routing import LIVE_FOR_SECONDS, live_workers, private_queue
+    from chat.conversations.actions import GENERATE_TASK
+    from chat.core.worker_routing import LIVE_FOR_SECONDS, live_workers, private_queue
 
     conversation = await new_conversation(alice)
     answer = await database_sync_to_async(_queued_answer_for)(conversation)
@@ -272,8 +272,8 @@ def _queued_answer_with(user, seed: int | None, stop: list[str]) -> Message:
 async def answer_with(user, seed: int | None = None, stop: list[str] | None = None) -> Message:
     """Queue one answer with options on its conversation (as the API does) and wait for it, watching
     the conversation as an open socket would (or the worker cancels an answer nobody waits for)."""
-    from chat.actions import GENERATE_TASK
-    from chat.liveness import keep_watching
+    from chat.conversations.actions import GENERATE_TASK
+    from chat.conversations.liveness import keep_watching
 
     answer = await database_sync_to_async(_queued_answer_with)(user, seed, stop or [])
     watching = asyncio.create_task(keep_watching(answer.conversation_id))

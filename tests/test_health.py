@@ -9,9 +9,9 @@ import pytest
 from django.db import OperationalError, connections
 
 from deepseek_web import health
-from deepseek_web.redis_server import free_port
+from chat.core.redis_server import free_port
 from inference.registry import all_models
-from inference.routing import Heartbeat
+from chat.core.worker_routing import Heartbeat
 
 pytestmark = pytest.mark.django_db
 

@@ -7,9 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-from chat.errors import ChatError
-from chat.image_parts import decode_data_url, parse_content, store_images
-from chat.models import Attachment
+from chat.core.errors import ChatError
+from chat.api.image_parts import decode_data_url, parse_content, store_images
+from chat.conversations.models import Attachment
 
 pytestmark = pytest.mark.django_db
 

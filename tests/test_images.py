@@ -16,8 +16,8 @@ from io import BytesIO
 import pytest
 from PIL import ExifTags, Image, ImageFile
 
-from chat import images
-from chat.images import ImageLimits, ImageRejected, ValidatedImage, validate_image
+from chat.images import validation as images
+from chat.images.validation import ImageLimits, ImageRejected, ValidatedImage, validate_image
 
 DEFAULT_LIMITS = ImageLimits()
 SCRIPT = b"<html><body><script>alert(document.cookie)</script></body></html>"

@@ -22,11 +22,12 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient, Client
 
-from chat.models import AuditEvent, Conversation, Message
-from deepseek_web import log_context
+from chat.audit.models import AuditEvent
+from chat.conversations.models import Conversation, Message
+from chat.core import log_context
 from deepseek_web.asgi import application
 from deepseek_web.celery import app as celery_app
-from inference.tasks import stop_engines
+from chat.worker.tasks import stop_engines
 
 from .api_server import ApiServerTestCase
 from .sockets import _session_cookie, open_socket, receive, receive_until, send
@@ -117,13 +118,13 @@ def test_a_value_passed_with_extra_wins_over_the_context():
 
 
 def test_the_plain_format_shows_the_request_id_in_brackets():
-    record = logging.LogRecord("chat.actions", logging.INFO, __file__, 1, "queued", None, None)
+    record = logging.LogRecord("chat.conversations.actions", logging.INFO, __file__, 1, "queued", None, None)
     log_context.ContextFilter().filter(record)
-    assert "INFO chat.actions [-]: queued" in log_context.plain_formatter().format(record)
+    assert "INFO chat.conversations.actions [-]: queued" in log_context.plain_formatter().format(record)
     with log_context.bound(request_id="abc.3"):
-        record = logging.LogRecord("chat.actions", logging.INFO, __file__, 1, "queued", None, None)
+        record = logging.LogRecord("chat.conversations.actions", logging.INFO, __file__, 1, "queued", None, None)
         log_context.ContextFilter().filter(record)
-    assert "INFO chat.actions [abc.3]: queued" in log_context.plain_formatter().format(record)
+    assert "INFO chat.conversations.actions [abc.3]: queued" in log_context.plain_formatter().format(record)
 
 
 def _log_a_line(log_format: str) -> subprocess.CompletedProcess:
@@ -209,21 +210,21 @@ async def test_one_socket_send_logs_one_request_id_in_the_consumer_the_task_and_
     assert frames[-1]["finish_reason"] in ("stop", "length")
 
     # Given one `send` frame: its id is the connection's id and the frame's number
-    sent = logs.of("chat.consumers", "socket frame send")
+    sent = logs.of("chat.conversations.consumers", "socket frame send")
     assert len(sent) == 1
     request_id = sent[0].request_id
     connection_id, number = request_id.split(".")
     assert NEW_ID.fullmatch(connection_id) and number == "1"
     assert sent[0].conversation_id == str(conversation.id)
     # Then the web side (queueing, in the database thread), the task and the engine (worker threads) carry it
-    queued, task = logs.of("chat.actions", "queueing answer"), logs.of("inference.tasks", "writing answer")
+    queued, task = logs.of("chat.conversations.actions", "queueing answer"), logs.of("chat.worker.tasks", "writing answer")
     engine = logs.of("inference.engine", "generation started") + logs.of("inference.engine", "generation finished")
     assert len(queued) == len(task) == 1 and len(engine) == 2
     assert _ids(queued + task + engine) == {(request_id, answer_id)}
     assert {r.model for r in task + engine} == {"deepseek-chat"}
     assert task[0].threadName != sent[0].threadName and engine[0].threadName == task[0].threadName
     # and the next frame has the next number, the same connection
-    assert logs.of("chat.consumers", "socket frame resume")[0].request_id == f"{connection_id}.2"
+    assert logs.of("chat.conversations.consumers", "socket frame resume")[0].request_id == f"{connection_id}.2"
     # and the answer's audit event names the same request
     event = await database_sync_to_async(AuditEvent.objects.get)(action="model_call", message_id=answer_id)
     assert event.request_id == request_id
@@ -241,7 +242,7 @@ async def test_a_handshakes_x_request_id_names_the_connection(alice):
         await send(socket, {"type": "select", "message_id": "not-a-uuid"})
         assert (await receive(socket))["type"] == "error"
     await socket.disconnect()
-    assert logs.of("chat.consumers", "socket frame select")[0].request_id == "edge-abc.1"
+    assert logs.of("chat.conversations.consumers", "socket frame select")[0].request_id == "edge-abc.1"
 
 
 # ---- API → task → engine -------------------------------------------------------------------------
@@ -254,7 +255,7 @@ class ApiRequestIdTest(ApiServerTestCase):
         assert response.status_code == 200, response.text
         assert response.headers["X-Request-ID"] == "api-req-42"
         answer = Message.objects.filter(role="assistant", conversation__user=self.user).latest("created_at")
-        task = logs.of("inference.tasks", "writing answer")
+        task = logs.of("chat.worker.tasks", "writing answer")
         engine = logs.of("inference.engine", "generation finished")
         assert len(task) == len(engine) == 1
         assert _ids(task + engine) == {("api-req-42", str(answer.id))}

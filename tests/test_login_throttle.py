@@ -7,8 +7,8 @@ from axes.models import AccessAttempt
 from django.conf import settings
 from django.test import AsyncClient
 
-from chat.audit import verify_chain
-from chat.models import AuditEvent
+from chat.audit.log import verify_chain
+from chat.audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 

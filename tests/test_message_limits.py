@@ -7,9 +7,11 @@ import logging
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import actions, message_limits
-from chat.errors import ChatError
-from chat.models import Conversation, Message
+from chat.conversations import actions
+
+from chat.conversations import message_limits
+from chat.core.errors import ChatError
+from chat.conversations.models import Conversation, Message
 
 from .sockets import open_socket, receive, send
 
@@ -96,7 +98,7 @@ def test_zero_means_no_limit(alice, settings):
 def test_without_redis_the_minute_limit_is_skipped_with_a_warning(alice, settings, caplog):
     settings.CHAT_MESSAGES_PER_MINUTE = 1
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
-    with caplog.at_level(logging.WARNING, logger="chat.message_limits"):
+    with caplog.at_level(logging.WARNING, logger="chat.conversations.message_limits"):
         message_limits.check_and_count(alice)
         message_limits.check_and_count(alice)
     assert "Redis unavailable" in caplog.text

@@ -15,15 +15,16 @@ from django.test import Client
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
-from chat.models import Conversation, Message
+from chat.conversations.models import Conversation, Message
 from deepseek_web.celery import app as celery_app
-from inference import metrics, metrics_snapshots
+from chat.core import metrics
+from chat.core import metrics_snapshots
 from inference.batching import BatchConfig
 from inference.engine import Engine, GenerationStats, SamplingParams
 from inference.loading import load_model
 from inference.registry import ModelSpec
-from inference.routing import Heartbeat, private_queue
-from inference.tasks import stop_engines
+from chat.core.worker_routing import Heartbeat, private_queue
+from chat.worker.tasks import stop_engines
 
 from .sockets import open_socket, receive, receive_until, send
 
@@ -138,7 +139,7 @@ def test_a_process_that_stopped_pushing_disappears(redis_client):
 
 
 def test_it_still_answers_when_redis_is_unreachable(settings):
-    from deepseek_web.redis_server import free_port
+    from chat.core.redis_server import free_port
 
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
     samples = scrape()
@@ -296,7 +297,7 @@ async def test_a_blocked_prompt_counts_as_an_input_block(alice, broker):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_cut_answer_counts_as_an_output_block(alice, broker):
-    from chat.replies import ReplyWriter, claim
+    from chat.worker.replies import ReplyWriter, claim
 
     conversation = Conversation.objects.create(user=alice, model="deepseek-chat")
     question = Message.objects.create(conversation=conversation, role="user", content="hi", position=0)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from django.db import DatabaseError
 
-from chat import moderation
-from chat.moderation import (
+from chat.moderation import rules as moderation
+from chat.moderation.rules import (
     ALLOWED,
     MAX_PENDING,
     WINDOW,
@@ -23,7 +23,7 @@ from chat.moderation import (
     normalize,
     pattern_error,
 )
-from chat.moderation_defaults import DEFAULT_RULES
+from chat.moderation.defaults import DEFAULT_RULES
 
 
 def keyword(pattern: str, applies_to: str = "both", rule_id: str = "test:1", category: str = "test") -> Rule:
@@ -189,7 +189,7 @@ def test_full_width_brackets_in_a_regex_stay_literal():
 def test_an_invalid_regex_is_skipped_with_a_warning_and_the_other_rules_still_apply(caplog):
     rules = [regex(r"(unclosed", rule_id="db:1"), keyword("kill", rule_id="db:2")]
 
-    with caplog.at_level(logging.WARNING, logger="chat.moderation"):
+    with caplog.at_level(logging.WARNING, logger="chat.moderation.rules"):
         rule_set = RuleSet(rules, "input")
 
     assert "db:1" in caplog.text
@@ -624,7 +624,7 @@ def test_a_configured_classifier_joins_the_process_moderator(admin_rules, settin
 def test_a_settings_rule_without_a_pattern_is_skipped(admin_rules, settings, clock, caplog):
     settings.MODERATION_EXTRA_RULES = [{"kind": "keyword"}, {"pattern": "beta"}]
 
-    with caplog.at_level(logging.WARNING, logger="chat.moderation"):
+    with caplog.at_level(logging.WARNING, logger="chat.moderation.rules"):
         moderator = current_moderator()
 
     assert "entry 1" in caplog.text
@@ -638,7 +638,7 @@ def test_an_admin_row_becomes_a_rule_with_a_db_id():
 
 
 def test_without_the_admin_rule_model_there_are_no_database_rules(monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "chat.models_audit", types.ModuleType("chat.models_audit"))
+    monkeypatch.setitem(__import__("sys").modules, "chat.audit.models", types.ModuleType("chat.audit.models"))
 
     assert moderation._db_rules() == []
 
@@ -648,7 +648,7 @@ def test_enabled_rules_saved_in_the_admin_apply_without_a_restart(settings, cloc
     """Given the admin's rule table, when staff add an enabled and a disabled rule, then only the enabled
     one blocks, once the TTL has passed."""
     try:
-        from chat.models_audit import ModerationRule
+        from chat.moderation.models import ModerationRule
     except ImportError:
         pytest.skip("the admin's moderation rules are not installed")
     settings.MODERATION_ENABLED = True

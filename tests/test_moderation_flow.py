@@ -6,10 +6,13 @@ from celery.contrib.testing.worker import start_worker
 from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
-from chat import audit, moderation
-from chat.models import AuditEvent, Conversation, Message
+from chat.audit import log as audit
+
+from chat.moderation import rules as moderation
+from chat.audit.models import AuditEvent
+from chat.conversations.models import Conversation, Message
 from deepseek_web.celery import app as celery_app
-from inference import tasks
+from chat.worker import tasks
 from inference.registry import get_model
 
 from .echo_engine import EchoEngine

@@ -6,16 +6,16 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from chat import liveness
-from chat.models import Conversation, Message
-from chat.replies import ORPHAN_ERROR, fail_orphaned_answers
+from chat.conversations import liveness
+from chat.conversations.models import Conversation, Message
+from chat.worker.replies import ORPHAN_ERROR, fail_orphaned_answers
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
 def no_writing_keys(redis_url):
-    from deepseek_web.redis_server import shared_client
+    from chat.core.redis_server import shared_client
 
     client = shared_client(redis_url)
     for key in client.scan_iter("deepseek:writing:*"):
@@ -48,7 +48,7 @@ def test_it_leaves_answers_a_live_worker_writes_or_saved_recently(alice):
 
 
 def test_it_fails_nothing_when_redis_cannot_say_who_is_alive(alice, settings):
-    from deepseek_web.redis_server import free_port
+    from chat.core.redis_server import free_port
 
     streaming(alice, 60)
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there

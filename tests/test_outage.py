@@ -17,8 +17,8 @@ from django.db import OperationalError, connections
 from django.db.backends.utils import CursorWrapper
 from django.test import Client
 
-from chat import api_keys
-from chat.models import Conversation, Message
+from chat.accounts import api_keys
+from chat.conversations.models import Conversation, Message
 from deepseek_web.asgi import application
 
 from .conformance import assert_conforms
@@ -86,7 +86,7 @@ def asgi():
 
 def outage_lines(caplog) -> tuple[list[logging.LogRecord], list[logging.LogRecord]]:
     """The outage's warnings, and any 500 the request machinery logged (with its traceback)."""
-    warnings = [r for r in caplog.records if r.name == "chat.outage" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "chat.conversations.outage" and r.levelno == logging.WARNING]
     errors = [r for r in caplog.records if r.name == "django.request" and r.levelno >= logging.ERROR]
     return warnings, errors
 
@@ -197,7 +197,7 @@ async def test_a_send_during_the_outage_gets_unavailable_and_the_socket_stays_op
     assert question["message"]["client_id"] == "c-2" and answer["message"]["status"] == "pending"
     assert broker.llen(QUEUE) == 1
     warnings, _ = outage_lines(caplog)
-    assert len(warnings) == 1 and not [r for r in caplog.records if r.name == "chat.consumers" and r.exc_info]
+    assert len(warnings) == 1 and not [r for r in caplog.records if r.name == "chat.conversations.consumers" and r.exc_info]
     await socket.disconnect()
 
 
@@ -238,7 +238,7 @@ async def test_a_socket_opened_during_the_outage_is_closed_with_4503(conversatio
 
 
 async def test_an_outage_while_the_consumer_checks_the_owner_closes_with_4503(conversation, alice):
-    with mock.patch("chat.actions.get_conversation", side_effect=OperationalError("the server went away")):
+    with mock.patch("chat.conversations.actions.get_conversation", side_effect=OperationalError("the server went away")):
         socket = await open_socket(alice, conversation.id)
         assert await socket.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
 

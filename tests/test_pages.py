@@ -4,7 +4,7 @@ import datetime
 import pytest
 from django.utils import timezone
 
-from chat.models import Conversation, Message
+from chat.conversations.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
-from chat.remote_images import FetchPolicy, RemoteImageRefused, fetch_image_bytes, pinned_connection
+from chat.images.remote import FetchPolicy, RemoteImageRefused, fetch_image_bytes, pinned_connection
 
 CAP = 4096  # max_bytes for the size tests: small, so that "too large" is quick to send
 TEST_SERVER = FetchPolicy(enabled=True, allow_private=True, timeout=5.0)

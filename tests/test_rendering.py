@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from chat.rendering import MATHML_ATTRIBUTES, MATHML_TAGS, TEXT_TAGS, render_markdown, render_plain
+from chat.conversations.rendering import MATHML_ATTRIBUTES, MATHML_TAGS, TEXT_TAGS, render_markdown, render_plain
 from tests.xss_corpus import PAYLOADS, payload_number
 
 

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from inference.routing import LIVE_FOR_SECONDS, Heartbeat, live_workers, private_queue, queue_for, rescue_orphans
+from chat.core.worker_routing import LIVE_FOR_SECONDS, Heartbeat, live_workers, private_queue, queue_for, rescue_orphans
 
 QUEUE = "model.routing-test"
 

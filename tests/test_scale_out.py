@@ -23,11 +23,12 @@ from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 from websockets.sync.client import connect
 
-from chat import actions
-from chat.models import AuditEvent, Conversation, Message
-from chat.replies import ORPHAN_ERROR
-from chat.resilience.stack import database_url
-from inference.routing import live_workers, private_queue, queue_for
+from chat.conversations import actions
+from chat.audit.models import AuditEvent
+from chat.conversations.models import Conversation, Message
+from chat.worker.replies import ORPHAN_ERROR
+from chat.devtools.resilience.stack import database_url
+from chat.core.worker_routing import live_workers, private_queue, queue_for
 
 from .browser import FreshConnectionsDaphne
 
@@ -88,7 +89,7 @@ def conversation_for(user, worker: str, max_tokens: int | None = 40) -> Conversa
 def watch(conversation: Conversation) -> None:
     """Mark the conversation watched (as an open page does), so its long answers are not cancelled
     as abandoned while the test waits on the rows."""
-    from deepseek_web.redis_server import shared_client
+    from chat.core.redis_server import shared_client
 
     shared_client(settings.REDIS_URL).set(f"deepseek:watched:{conversation.id}", "1", ex=600)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from deepseek_web.env import env_bool, env_float, env_int, env_json, env_list, env_str
+from chat.core.env import env_bool, env_float, env_int, env_json, env_list, env_str
 
 
 def test_it_uses_the_default_when_unset(monkeypatch):

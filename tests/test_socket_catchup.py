@@ -6,10 +6,12 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from chat import events, socket_catchup
-from chat.frames import delta_frame
-from chat.models import Conversation, Message
-from chat.socket_catchup import CatchUp
+from chat.conversations import events
+
+from chat.conversations import socket_catchup
+from chat.conversations.frames import delta_frame
+from chat.conversations.models import Conversation, Message
+from chat.conversations.socket_catchup import CatchUp
 
 from .sockets import open_socket, receive, send
 

@@ -19,10 +19,12 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from chat import actions, uploads
-from chat.consumers import ChatConsumer, _shown_type
-from chat.errors import ChatError
-from chat.models import Attachment, Conversation, Message
+from chat.conversations import actions
+
+from chat.conversations import uploads
+from chat.conversations.consumers import ChatConsumer, _shown_type
+from chat.core.errors import ChatError
+from chat.conversations.models import Attachment, Conversation, Message
 
 from .sockets import open_socket, receive, send
 

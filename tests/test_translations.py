@@ -4,7 +4,7 @@ from pathlib import Path
 import polib
 from django.utils import translation
 
-from chat.ui_strings import ui_strings
+from chat.conversations.ui_strings import ui_strings
 
 FOLDER = Path(__file__).resolve().parent.parent / "locale" / "zh_Hans" / "LC_MESSAGES"
 

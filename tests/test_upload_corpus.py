@@ -20,11 +20,13 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from PIL import Image
 
-from chat import api_keys, images
-from chat.models import Attachment, Conversation, Message
-from chat.models_audit import AuditEvent
+from chat.accounts import api_keys
+
+from chat.images import validation as images
+from chat.conversations.models import Attachment, Conversation, Message
+from chat.audit.models import AuditEvent
 from deepseek_web.asgi import application
-from inference.routing import Heartbeat
+from chat.core.worker_routing import Heartbeat
 
 from .conformance import assert_conforms
 
@@ -524,7 +526,7 @@ async def test_the_api_keeps_only_the_pixels_of_a_real_image_carrying_a_payload(
 @pytest.fixture
 def no_worker(redis_url):
     """No worker heartbeat left by earlier tests: nobody serves the vision model."""
-    from deepseek_web.redis_server import shared_client
+    from chat.core.redis_server import shared_client
 
     client = shared_client(redis_url)
     for key in client.scan_iter("deepseek:workers:*"):

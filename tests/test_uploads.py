@@ -8,9 +8,9 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
-from chat import actions
-from chat.errors import ChatError
-from chat.models import Attachment, Conversation, Message
+from chat.conversations import actions
+from chat.core.errors import ChatError
+from chat.conversations.models import Attachment, Conversation, Message
 
 pytestmark = pytest.mark.django_db
 
@@ -111,7 +111,7 @@ def test_per_user_quotas_refuse_more_images_and_store_nothing(client, alice, bob
 
 
 def make_attachment(user, media_client=None) -> Attachment:
-    from chat.uploads import do_upload
+    from chat.conversations.uploads import do_upload
 
     return do_upload(user, png())
 
@@ -121,7 +121,7 @@ def test_a_message_takes_its_images_and_the_frame_lists_them(alice, vision_model
     first, second = make_attachment(alice), make_attachment(alice)
     sent = actions.do_send_message(alice, conversation.id, "What is this?", attachments=[str(first.id), str(second.id)])
     assert sorted(a.id for a in sent.user_message.attachments.all()) == sorted([first.id, second.id])
-    from chat.frames import message_frame
+    from chat.conversations.frames import message_frame
 
     listed = message_frame(sent.user_message)["message"]["attachments"]
     assert {a["id"] for a in listed} == {str(first.id), str(second.id)}

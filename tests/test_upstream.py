@@ -18,9 +18,9 @@ from celery.contrib.testing.worker import start_worker
 from celery.signals import worker_ready
 from channels.db import database_sync_to_async
 
-from chat.models import Conversation, Message
+from chat.conversations.models import Conversation, Message
 from deepseek_web.celery import app as celery_app
-from inference import tasks
+from chat.worker import tasks
 from inference.engine import Delta, GenerationStats, SamplingParams
 from inference.prompt_check import message_tokens
 from inference.registry import get_model, parse_models
@@ -370,8 +370,8 @@ def _ended(message: Message) -> bool:
 async def queued_and_watched(user, spec) -> AsyncIterator[Message]:
     """A pending answer on the model's queue, its conversation watched as an open socket would
     (a worker cancels an answer nobody waits for)."""
-    from chat.actions import GENERATE_TASK
-    from chat.liveness import keep_watching
+    from chat.conversations.actions import GENERATE_TASK
+    from chat.conversations.liveness import keep_watching
 
     pending = await database_sync_to_async(_queued_answer)(user)
     watching = asyncio.create_task(keep_watching(pending.conversation_id))
@@ -433,7 +433,7 @@ async def test_an_upstream_failing_mid_answer_keeps_the_partial_text(upstream, u
 
 @celery_path
 async def test_stop_hangs_up_on_the_upstream(upstream, upstream_model, upstream_worker, alice, broker):
-    from chat.actions import do_request_stop
+    from chat.conversations.actions import do_request_stop
 
     upstream.reply = endless(upstream)
     async with queued_and_watched(alice, upstream_model) as pending:

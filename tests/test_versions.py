@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import actions
-from chat.models import Conversation, Message
+from chat.conversations import actions
+from chat.conversations.models import Conversation, Message
 
 from .sockets import open_socket, receive, send
 
@@ -69,7 +69,7 @@ async def test_the_worker_sees_only_the_branch_it_answers(answered, alice, broke
     conversation, question, answer = answered
     sent = await database_sync_to_async(actions.do_send_message)(alice, conversation.id, "Hi again",
                                                                     edit_of=question.id)
-    from chat.replies import claim
+    from chat.worker.replies import claim
 
     job = await database_sync_to_async(claim)(str(sent.assistant_message.id))
     assert job.history == [{"role": "user", "content": "Hi again"}]

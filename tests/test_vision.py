@@ -10,13 +10,13 @@ from celery.signals import worker_ready
 from channels.db import database_sync_to_async
 from PIL import Image
 
-from chat.models import Attachment, Conversation, Message
-from chat.uploads import do_upload
+from chat.conversations.models import Attachment, Conversation, Message
+from chat.conversations.uploads import do_upload
 from deepseek_web.celery import app as celery_app
 from inference.engine import Engine, GenerationStats, SamplingParams
 from inference.loading import load_model
 from inference.registry import get_model
-from inference.tasks import stop_engines
+from chat.worker.tasks import stop_engines
 from inference.vision import VisionPrompt
 
 from .sockets import open_socket, receive, receive_until, send

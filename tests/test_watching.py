@@ -6,7 +6,7 @@ import asyncio
 
 import redis.asyncio as aredis
 
-from chat import liveness
+from chat.conversations import liveness
 
 
 async def test_a_cancelled_watch_ends_even_when_redis_swallowed_the_cancellation(monkeypatch, redis_url, settings):

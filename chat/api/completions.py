@@ -1,0 +1,165 @@
+"""An API request becomes rows and a queued answer: the same road as a chat message (DESIGN.md).
+
+The request's messages are saved as a hidden conversation (source "api"), moderated first, then
+answered by the same Celery task, engine, moderation of the output and audit as the chat pages.
+"""
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+import redis
+from celery import shared_task
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from chat.core import log_context
+from inference import prompt_check
+from inference.registry import ModelSpec
+from chat.core.worker_routing import HEARTBEAT_SECONDS, live_workers, queue_for
+
+from chat.conversations import actions
+
+from chat.conversations import answer_queue
+
+from chat.api import image_parts
+
+from chat.conversations import uploads
+from chat.api.errors import ApiError
+from chat.api.requests import CompletionRequest, read_images
+from chat.core.errors import ChatError
+from chat.accounts.models import ApiKey
+from chat.conversations.models import Conversation, Message
+
+
+def check_workers(spec: ModelSpec) -> None:
+    """503 unless a worker for the model announced itself recently (it would wait in the queue)."""
+    try:
+        alive = bool(live_workers(spec.celery_queue))
+    except redis.RedisError:
+        raise ApiError(503, "The queue is unreachable; retry shortly.", "service_unavailable",
+                       retry_after=int(HEARTBEAT_SECONDS * 2)) from None
+    if not alive:
+        raise ApiError(503, f"No worker is serving {spec.name} right now; retry shortly.", "no_worker",
+                       retry_after=int(HEARTBEAT_SECONDS * 2))
+
+
+def check_moderation(user: AbstractBaseUser, request: CompletionRequest, http_request: Any,
+                     conversation_id: uuid.UUID) -> None:
+    for index, message in enumerate(request.messages):
+        if not message.content:
+            continue
+        try:
+            actions.check_moderated(user, message.content, request=http_request, conversation_id=conversation_id,
+                                    model=request.spec.name, field=f"messages[{index}].content")
+        except ChatError as exc:
+            raise ApiError(400, exc.message, "content_filter", "messages") from None
+
+
+def _prompt_tokens(spec: ModelSpec, request: CompletionRequest) -> int | None:
+    history = [{"role": m.role, "content": m.content} for m in request.messages]
+    return prompt_check.chat_tokens(spec, history)
+
+
+def check_context(request: CompletionRequest) -> None:
+    """The whole conversation must fit with room for the answer: an API client sent every message
+    on purpose, so none is silently dropped (the chat pages drop the oldest turns instead)."""
+    spec = request.spec
+    answer = request.max_tokens or spec.max_new_tokens
+    tokens = _prompt_tokens(spec, request)
+    if tokens is not None and tokens + answer > spec.max_context:
+        raise ApiError(400, f"This model's maximum context length is {spec.max_context} tokens. The messages "
+                            f"take {tokens} tokens and the answer may take {answer}.",
+                       "context_length_exceeded", "messages")
+
+
+def _store_images(user: AbstractBaseUser, request: CompletionRequest) -> dict[int, list[Any]]:
+    """The images read_images validated, stored as the user's (within the quota); all or none."""
+    stored: dict[int, list[Any]] = {}
+    try:
+        for index, message in enumerate(request.messages):
+            if message.images:
+                stored[index] = image_parts.store_images(user, message.images)
+    except ChatError as exc:
+        for attachments in stored.values():
+            for attachment in attachments:
+                attachment.delete()
+        raise ApiError.from_chat_error(exc, f"messages[{index}].content") from None
+    return stored
+
+
+def do_start_completion(user: AbstractBaseUser, api_key: ApiKey | None, request: CompletionRequest,
+                        conversation_id: uuid.UUID, http_request: Any = None) -> Message:
+    """Check, save and queue one completion; returns the pending answer. Nothing is written when a
+    check fails, and stored images are removed again if saving fails.
+
+    The images are decoded and validated first: a bad one answers its own 4xx (invalid_image_url,
+    not_an_image, too_large…) whether or not a worker is alive, not a 503 to retry in vain."""
+    spec = request.spec
+    read_images(request)
+    check_workers(spec)
+    check_moderation(user, request, http_request, conversation_id)
+    check_context(request)
+    images = _store_images(user, request)
+    try:
+        answer = _save(user, api_key, request, conversation_id, images)
+    except BaseException:
+        for attachments in images.values():
+            for attachment in attachments:
+                attachment.delete()
+        raise
+    return answer
+
+
+def _save(user: AbstractBaseUser, api_key: ApiKey | None, request: CompletionRequest, conversation_id: uuid.UUID,
+          images: dict[int, list[Any]]) -> Message:
+    spec = request.spec
+    with transaction.atomic():
+        now = timezone.now()
+        first_question = next(m.content for m in request.messages if m.role == "user")
+        conversation = Conversation.objects.create(
+            id=conversation_id, user=user, model=spec.name, source=Conversation.Source.API, api_key=api_key,
+            title=actions._title_from(first_question), temperature=request.temperature, top_p=request.top_p,
+            max_tokens=request.max_tokens, stop=request.stop, seed=request.seed, created_at=now, updated_at=now,
+        )
+        parent = None
+        for index, message in enumerate(request.messages, start=1):
+            parent = Message.objects.create(conversation=conversation, position=index, parent=parent,
+                                            role=message.role, content=message.content, created_at=now,
+                                            updated_at=now)
+            if images.get(index - 1):
+                uploads.attach(user, [a.id for a in images[index - 1]], parent.id)
+        answer = Message.objects.create(conversation=conversation, position=len(request.messages) + 1,
+                                        parent=parent, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
+                                        created_at=now, updated_at=now)
+        Conversation.objects.filter(id=conversation.id).update(current_leaf=answer)
+        queue = queue_for(spec.celery_queue, conversation.id)
+        # The request id travels in the message headers, so the worker's log lines carry it too.
+        headers = log_context.task_headers()
+        transaction.on_commit(lambda: answer_queue.enqueue(answer.id, queue, headers))
+    return answer
+
+
+def prune_api_history(older_than_days: int) -> int:
+    """Delete finished API requests (their messages and images) older than `older_than_days` days.
+    Usage counts (ApiUsage) and audit events stay. Returns how many requests were deleted."""
+    if older_than_days < 0:
+        raise ValueError("older_than_days must be 0 or more")
+    cutoff = timezone.now() - datetime.timedelta(days=older_than_days)
+    doomed = Conversation.objects.filter(source=Conversation.Source.API, updated_at__lt=cutoff).exclude(
+        messages__status__in=Message.ACTIVE)
+    count = 0
+    for conversation in doomed.iterator():
+        conversation.delete()  # one by one: each attachment's file goes with its row (chat/uploads.py)
+        count += 1
+    return count
+
+
+@shared_task(name="chat.api_completions.prune_api_history")
+def prune_api_history_task() -> int:
+    """The daily retention task (BEAT_SCHEDULE): keeps API_HISTORY_DAYS days of API requests."""
+    from django.conf import settings
+
+    return prune_api_history(settings.API_HISTORY_DAYS)

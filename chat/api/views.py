@@ -1,0 +1,307 @@
+"""The OpenAI/DeepSeek-compatible HTTP API: /v1/chat/completions, /v1/models, /v1/openapi.json.
+
+Thin adapters: the key is checked (chat/api_keys.py), the body parsed (chat/api_requests.py),
+limits applied (chat/api_usage.py), rows saved and the answer queued (chat/api_completions.py),
+and the answer followed (chat/api_stream.py) into SSE chunks or one JSON object.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from chat.core import log_context
+from inference.registry import all_models
+
+from chat.conversations import actions
+
+from chat.accounts import api_keys
+
+from chat.accounts import usage as api_usage
+
+from chat.audit import log as audit
+
+from chat.conversations import outage
+from chat.api.completions import do_start_completion
+from chat.api.errors import ApiError
+from chat.api.requests import CompletionRequest, parse_body, parse_request
+from chat.api.stream import AnswerFollower, Finished, QueueTimeout, Text, Tick
+from chat.core.errors import ChatError
+from chat.conversations.models import Message
+from chat.api.openapi import openapi_document
+
+log = logging.getLogger(__name__)
+FINISH_REASONS = ("stop", "length", "content_filter")
+
+
+# ---- authentication and the body -------------------------------------------------------------
+def _bearer(request: HttpRequest) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(401, "Authentication required: send your API key as “Authorization: Bearer sk-…”.",
+                       "missing_api_key")
+    return key.strip()
+
+
+def authenticate(request: HttpRequest) -> tuple[Any, Any]:
+    key = _bearer(request)
+    found = api_keys.authenticate_key(key)
+    if found is None:
+        audit.record("api_key_rejected", request=request, verdict="rejected",
+                     detail={"key": key[:api_keys.SHOWN_PREFIX] if key.startswith(api_keys.KEY_PREFIX) else ""})
+        raise ApiError(401, "The API key is not valid (unknown, revoked, or its user is deactivated).",
+                       "invalid_api_key")
+    request.user = found.user  # the audit middleware and the audit events name the key's owner
+    return found.user, found
+
+
+def _read_body(request: HttpRequest) -> bytes:
+    limit = settings.API_MAX_BODY_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        raise ApiError(413, f"The request body is larger than the {limit} bytes allowed.", "request_too_large")
+    raw = request.read(limit + 1)  # not request.body: its own cap is for forms, far below an image's
+    if len(raw) > limit:
+        raise ApiError(413, f"The request body is larger than the {limit} bytes allowed.", "request_too_large")
+    return raw
+
+
+def _admit(user_id: int) -> api_usage.Slot:
+    try:
+        return api_usage.admit(user_id)
+    except api_usage.LimitExceeded as exc:
+        raise ApiError(exc.status, exc.message, exc.code, retry_after=exc.retry_after) from None
+
+
+# ---- response bodies ---------------------------------------------------------------------------
+class Completion:
+    """The fields every chunk or response of one completion shares."""
+
+    def __init__(self, request: CompletionRequest, answer: Message) -> None:
+        self.request = request
+        self.id = f"chatcmpl-{answer.id.hex}"
+        self.created = int(answer.created_at.timestamp())
+        self.model = request.spec.name
+        self.reasoning = request.spec.reasoning
+
+    def _head(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {**self._head("chat.completion.chunk"),
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+    def text_delta(self, text: Text) -> dict[str, Any]:
+        if not self.reasoning:
+            return {"content": text.content}
+        # DeepSeek's reasoner: both fields, the one not being written is null.
+        return {"content": text.content or None, "reasoning_content": text.reasoning or None}
+
+    def usage_chunk(self, message: Message) -> dict[str, Any]:
+        return {**self._head("chat.completion.chunk"), "choices": [], "usage": usage(message)}
+
+    def error_chunk(self, error: ApiError) -> dict[str, Any]:
+        return {**self._head("chat.completion.chunk"), "choices": [], **error.body()}
+
+    def response(self, message: Message) -> dict[str, Any]:
+        reply: dict[str, Any] = {"role": "assistant", "content": message.content, "refusal": None}
+        if self.reasoning:
+            reply["reasoning_content"] = message.reasoning or None
+        return {**self._head("chat.completion"),
+                "choices": [{"index": 0, "message": reply, "logprobs": None,
+                             "finish_reason": message.finish_reason}],
+                "usage": usage(message)}
+
+
+def usage(message: Message) -> dict[str, int]:
+    return {"prompt_tokens": message.prompt_tokens, "completion_tokens": message.completion_tokens,
+            "total_tokens": message.prompt_tokens + message.completion_tokens}
+
+
+def _failure(finished: Finished) -> ApiError | None:
+    """The error an ended answer reports, or None when it ended the way OpenAI's do."""
+    message = finished.message
+    if message is None:
+        return ApiError(500, "The answer was removed while it was being written.", "answer_removed")
+    if message.status == Message.Status.FAILED:
+        return ApiError(500, finished.error or "The model failed while writing the answer.", "generation_failed")
+    if message.status == Message.Status.CANCELLED or message.finish_reason not in FINISH_REASONS:
+        return ApiError(500, "The answer was cancelled before it ended.", "cancelled")
+    return None
+
+
+def _server_error() -> ApiError:
+    return ApiError(500, "Something went wrong on the server; try again.", "server_error")
+
+
+def _unexpected(exc: Exception, doing: str, *args: Any) -> ApiError:
+    """The error for an exception we did not expect: a database outage is a 503 to retry (one warning
+    line); anything else is our bug, a 500 logged with its traceback. Call it inside the `except`."""
+    found = outage.outage_error(exc)
+    if found is not None:
+        outage.log_outage(doing % args, found)
+        return outage.api_error()
+    log.exception("%s failed", doing % args)
+    return _server_error()
+
+
+def _queue_timeout() -> ApiError:
+    return ApiError(503, "No worker took the request in time; retry later.", "queue_timeout",
+                    retry_after=30)
+
+
+def _events(follower: AnswerFollower):
+    return follower.events(settings.API_KEEPALIVE_SECONDS, settings.API_QUEUE_TIMEOUT_SECONDS)
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
+
+
+# ---- the views -------------------------------------------------------------------------------------
+@csrf_exempt
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return ApiError(405, "Use POST.", "method_not_allowed").response()
+    slot = None
+    follower = None
+    # The audit events' id is the logs' and the task's (the same one RequestIdMiddleware set, when it ran).
+    log_context.bind(request_id=audit.request_id(request))
+    try:
+        user, key = await database_sync_to_async(authenticate)(request)
+        completion_request = parse_request(parse_body(_read_body(request)))
+        slot = await database_sync_to_async(_admit)(user.id)
+        follower = AnswerFollower(uuid.uuid4())
+        await follower.subscribe()
+        answer = await database_sync_to_async(do_start_completion)(
+            user, key, completion_request, follower.conversation_id, request)
+        follower.bind(answer.id)
+        # The rest of this request's lines name the answer too.
+        log_context.bind(conversation_id=answer.conversation_id, message_id=answer.id,
+                         model=completion_request.spec.name)
+    except ApiError as exc:
+        await _release(slot, follower)
+        return exc.response()
+    except Exception as exc:
+        error = _unexpected(exc, "an API request before its answer was queued")
+        await _release(slot, follower)
+        return error.response()
+    completion = Completion(completion_request, answer)
+    if completion_request.stream:
+        response = StreamingHttpResponse(_stream(completion, follower, slot, user),
+                                         content_type="text/event-stream; charset=utf-8")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # a buffering proxy would hold every token back
+        return response
+    return await _whole(completion, follower, slot, user)
+
+
+async def _release(slot: api_usage.Slot | None, follower: AnswerFollower | None) -> None:
+    if follower is not None:
+        await follower.close()
+    if slot is not None:
+        await database_sync_to_async(slot.release)()
+
+
+async def _stop_unfinished(user: Any, follower: AnswerFollower) -> None:
+    """The client left (or we failed) before the answer ended: stop it, as Stop does in the page."""
+    try:
+        await database_sync_to_async(actions.do_request_stop)(user, follower.message_id)
+    except ChatError:  # it had ended meanwhile
+        pass
+    except Exception as exc:  # the worker still cancels it once nobody watches the conversation
+        found = outage.outage_error(exc)
+        if found is not None:
+            outage.log_outage(f"stopping answer {follower.message_id}", found)
+        else:
+            log.warning("could not stop answer %s", follower.message_id, exc_info=True)
+
+
+async def _stream(completion: Completion, follower: AnswerFollower, slot: api_usage.Slot,
+                  user: Any) -> AsyncIterator[bytes]:
+    finished = False
+    try:
+        yield _sse(completion.chunk({"role": "assistant", "content": ""}))
+        async for event in _events(follower):
+            if isinstance(event, Tick):
+                yield b": keep-alive\n\n"
+            elif isinstance(event, Text):
+                yield _sse(completion.chunk(completion.text_delta(event)))
+            elif isinstance(event, QueueTimeout):
+                yield _sse(completion.error_chunk(_queue_timeout()))
+                yield _sse("[DONE]")
+            else:
+                finished = True
+                error = _failure(event)
+                if error is not None:
+                    yield _sse(completion.error_chunk(error))
+                else:
+                    yield _sse(completion.chunk({}, event.message.finish_reason))
+                    if completion.request.include_usage:
+                        yield _sse(completion.usage_chunk(event.message))
+                yield _sse("[DONE]")
+    except Exception as exc:  # the client still gets an error chunk, not a cut stream
+        yield _sse(completion.error_chunk(_unexpected(exc, "the stream of answer %s", follower.message_id)))
+        yield _sse("[DONE]")
+    finally:
+        # Reached on the normal end, and when the client disconnects (Django cancels the stream).
+        if not finished:
+            await _stop_unfinished(user, follower)
+        await _release(slot, follower)
+
+
+async def _whole(completion: Completion, follower: AnswerFollower, slot: api_usage.Slot, user: Any) -> HttpResponse:
+    finished = False
+    try:
+        async for event in _events(follower):
+            if isinstance(event, QueueTimeout):
+                return _queue_timeout().response()  # and the pending answer is cancelled below
+            if isinstance(event, Finished):
+                finished = True
+                error = _failure(event)
+                if error is not None:
+                    return error.response()
+                return JsonResponse(completion.response(event.message), json_dumps_params={"ensure_ascii": False})
+        raise RuntimeError("the answer's events ended without Finished")
+    except Exception as exc:
+        return _unexpected(exc, "following answer %s", follower.message_id).response()
+    finally:
+        if not finished:
+            await _stop_unfinished(user, follower)
+        await _release(slot, follower)
+
+
+@csrf_exempt
+async def models(request: HttpRequest) -> HttpResponse:
+    if request.method != "GET":
+        return ApiError(405, "Use GET.", "method_not_allowed").response()
+    try:
+        await database_sync_to_async(authenticate)(request)
+    except ApiError as exc:
+        return exc.response()
+    return JsonResponse({"object": "list", "data": [
+        {"id": spec.name, "object": "model", "created": 0, "owned_by": "deepseek-web"}
+        for spec in all_models().values()
+    ]})
+
+
+def openapi(request: HttpRequest) -> HttpResponse:
+    """Public, like DeepSeek's and OpenAI's published documents: it holds no user data."""
+    return JsonResponse(openapi_document(request.build_absolute_uri("/v1")))
+
+
+@csrf_exempt
+def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+    return ApiError(404, f"No API endpoint at {request.path[:200]}.", "not_found").response()

@@ -1,0 +1,367 @@
+"""Writes to conversations and messages: `check_*` validates and authorizes, `do_*` mutates.
+
+Every lookup is scoped by the acting user; tasks are enqueued only after the commit.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
+
+from chat.core import log_context
+from chat.core.metrics import moderation_blocked
+from inference.prompt_check import message_tokens, room_for_prompt
+from inference.registry import ModelSpec, UnknownModel, default_model, get_model
+from chat.core.worker_routing import queue_for
+
+from chat.conversations import answer_queue
+
+from chat.audit import log as audit
+
+from chat.conversations import liveness
+
+from chat.conversations import message_limits
+
+from chat.moderation import rules as moderation
+
+from chat.conversations import threads
+
+from chat.conversations import uploads
+from chat.core.errors import ChatError
+from chat.conversations.models import Conversation, Message
+
+log = logging.getLogger(__name__)
+
+GENERATE_TASK = answer_queue.GENERATE_TASK
+TITLE_CHARS = 60  # an automatic title: the first message's first characters
+TITLE_MAX = 200  # a title the user gives (Conversation.title's length)
+SEARCH_MAX = 200
+
+
+ID_KINDS = (gettext_noop("conversation"), gettext_noop("message"))
+
+
+def _parse_uuid(value: Any, what: str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        # Only text can be an id. str() of anything else from a frame would be wasted work, and for a list
+        # nested a thousand deep (valid JSON) it raises RecursionError, depending on how deep the stack is.
+        if not isinstance(value, str):
+            raise TypeError(what)
+        return uuid.UUID(value)
+    except (TypeError, ValueError, AttributeError):
+        raise ChatError("invalid_id", _("The %(what)s id is not valid.") % {"what": _(what)}) from None
+
+
+def conversations_for(user: AbstractBaseUser):
+    """The user's chats (API requests are kept apart: they are not chats to reopen)."""
+    return Conversation.objects.filter(user=user, source=Conversation.Source.CHAT).order_by("-updated_at")
+
+
+def get_conversation(user: AbstractBaseUser, conversation_id: Any) -> Conversation:
+    """The user's conversation, or ChatError("not_found") for anything else (no existence leak)."""
+    cid = _parse_uuid(conversation_id, "conversation")
+    try:
+        return conversations_for(user).get(id=cid)
+    except Conversation.DoesNotExist:
+        raise ChatError("not_found", _("No such conversation.")) from None
+
+
+def get_message(user: AbstractBaseUser, message_id: Any) -> Message:
+    mid = _parse_uuid(message_id, "message")
+    try:
+        return Message.objects.select_related("conversation").get(id=mid, conversation__user=user)
+    except Message.DoesNotExist:
+        raise ChatError("not_found", _("No such message."), message_id=mid) from None
+
+
+def do_create_conversation(user: AbstractBaseUser, model: str | None = None) -> Conversation:
+    try:
+        spec = get_model(model) if model else default_model()
+    except UnknownModel:
+        raise ChatError("unknown_model", _("No model named “%(model)s” is configured.") % {"model": model}) from None
+    return Conversation.objects.create(user=user, model=spec.name)
+
+
+def _is_unicode(text: str) -> bool:
+    """False for lone surrogates (JSON allows "\\ud800"), which no database can store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_storable(text: str) -> bool:
+    """False for text no database column takes: a NUL (PostgreSQL refuses it) or a lone surrogate."""
+    return "\x00" not in text and _is_unicode(text)
+
+
+def check_content(content: Any) -> str:
+    if not isinstance(content, str):
+        raise ChatError("invalid_frame", _("content must be a string."))
+    if not content.strip():
+        raise ChatError("empty_message", _("The message is empty."))
+    if "\x00" in content:
+        raise ChatError("invalid_content", _("The message contains a NUL character, which cannot be stored."))
+    if not _is_unicode(content):
+        raise ChatError("invalid_content", _("The message contains characters that are not valid Unicode."))
+    if len(content) > settings.MAX_PROMPT_CHARS:
+        raise ChatError(
+            "prompt_too_long",
+            _("The message is %(length)d characters long; the limit is %(limit)d.")
+            % {"length": len(content), "limit": settings.MAX_PROMPT_CHARS},
+        )
+    return content
+
+
+def check_moderated(user: AbstractBaseUser | None, text: str, *, request: Any = None, conversation_id: Any = None,
+                    model: str = "", field: str = "prompt") -> None:
+    """The moderation pipeline on text bound for a model, before anything is saved or queued. A block
+    is recorded for staff (stage, rule, category: never the text, only its hash) and the user gets
+    only the notice."""
+    verdict = moderation.current_moderator().check_input(text)
+    if verdict.allowed:
+        return
+    moderation_blocked("input")
+    audit.record("moderation_block", actor=user, request=request, conversation_id=conversation_id, model=model,
+                 input_text=text, verdict="blocked", detail={"direction": "input", "field": field,
+                                                             **verdict.as_detail()})
+    raise ChatError("content_filter", str(moderation.NOTICE))
+
+
+def check_fits(spec: ModelSpec, content: str, system_prompt: str = "") -> None:
+    """Refuse, before anything is saved, a message that alone leaves no room for an answer."""
+    tokens = message_tokens(spec, content, system_prompt)
+    if tokens is not None and tokens > room_for_prompt(spec):
+        raise ChatError(
+            "prompt_too_long",
+            _("The message is %(tokens)d tokens long; %(model)s can take at most %(room)d with room for its answer.")
+            % {"tokens": tokens, "model": spec.name, "room": room_for_prompt(spec)},
+        )
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    user_message: Message | None  # None for a regeneration (no new question)
+    assistant_message: Message
+    title: str  # the conversation's title after this message (the first one names it)
+
+
+BUSY = gettext_noop("An answer is still being written. Stop it or wait for it to finish.")
+
+
+def _model_of(conversation: Conversation) -> ModelSpec:
+    try:
+        return get_model(conversation.model)
+    except UnknownModel:
+        raise ChatError("unknown_model", _("The model “%(model)s” is no longer configured.")
+                        % {"model": conversation.model}) from None
+
+
+def _branch_leaf(conversation: Conversation) -> Message | None:
+    """The last message of the branch on show (the one a new question follows)."""
+    nodes = list(conversation.messages.only("id", "parent_id", "position"))
+    leaf_id = conversation.current_leaf_id or threads.default_leaf(nodes)
+    return conversation.messages.filter(id=leaf_id).first() if leaf_id else None
+
+
+def _queue_answer(
+    conversation: Conversation, spec: ModelSpec, parent: Message | None, question: str | None,
+    client_id: str, announce: Callable[[SentMessage], None] | None, images: list | None = None,
+) -> SentMessage:
+    """Inside the caller's checks: save the question (if any) and a pending answer, and queue it."""
+    try:
+        with transaction.atomic():
+            now = timezone.now()
+            # Taking the conversation's row lock first serialises concurrent sends (both DBs).
+            Conversation.objects.filter(id=conversation.id).update(updated_at=now)
+            if conversation.messages.filter(status__in=Message.ACTIVE).exists():
+                raise ChatError("busy", _(BUSY))
+            last = conversation.messages.aggregate(last=Max("position"))["last"] or 0
+            user_message = None
+            if question is not None:
+                user_message = parent = Message.objects.create(
+                    conversation=conversation, position=last + 1, parent=parent, role=Message.Role.USER,
+                    content=question, client_id=client_id, created_at=now, updated_at=now,
+                )
+                if images:
+                    uploads.attach(conversation.user, images, user_message.id)
+                last += 1
+            answer = Message.objects.create(
+                conversation=conversation, position=last + 1, parent=parent, role=Message.Role.ASSISTANT,
+                status=Message.Status.PENDING, created_at=now, updated_at=now,
+            )
+            title = conversation.title or _title_from(question or "")
+            Conversation.objects.filter(id=conversation.id).update(title=title, current_leaf=answer)
+            sent = SentMessage(user_message, answer, title)
+            transaction.on_commit(lambda: _announce_and_enqueue(sent, spec.celery_queue, announce))
+    except IntegrityError:
+        # The partial unique index caught a concurrent send that passed the check above.
+        raise ChatError("busy", _(BUSY)) from None
+    return sent
+
+
+def do_send_message(
+    user: AbstractBaseUser,
+    conversation_id: Any,
+    content: Any,
+    client_id: str = "",
+    announce: Callable[[SentMessage], None] | None = None,
+    edit_of: Any = None,
+    attachments: Any = None,
+    request: Any = None,
+) -> SentMessage:
+    """Save the user's message and a pending answer, and queue the answer's generation.
+
+    The message follows the branch on show, or with `edit_of` becomes a new version of that
+    earlier user message (a sibling: the old branch stays). After the commit, `announce` runs
+    first and the task is queued second, so watchers hear of the new messages before any of the
+    answer's deltas can exist."""
+    content = check_content(content)
+    conversation = get_conversation(user, conversation_id)
+    check_moderated(user, content, request=request, conversation_id=conversation.id, model=conversation.model)
+    spec = _model_of(conversation)
+    check_fits(spec, content, conversation.system_prompt)
+    images = uploads.check_attachments(user, attachments) if attachments else []
+    if images and not spec.vision:
+        raise ChatError("vision_unsupported", _("%(model)s cannot see images. Pick a model that can in Settings, "
+                                                "or send the message without them.") % {"model": spec.name})
+    if edit_of is not None:
+        edited = get_message(user, edit_of)
+        if edited.conversation_id != conversation.id or edited.role != Message.Role.USER:
+            raise ChatError("not_found", _("No such message to edit."), message_id=edited.id)
+        parent = edited.parent
+    else:
+        parent = _branch_leaf(conversation)
+    message_limits.check_and_count(user)
+    return _queue_answer(conversation, spec, parent, content, client_id, announce, images)
+
+
+def do_regenerate(
+    user: AbstractBaseUser, conversation_id: Any, message_id: Any,
+    announce: Callable[[SentMessage], None] | None = None,
+) -> SentMessage:
+    """Write a new version of an answer; the earlier versions stay as its siblings."""
+    conversation = get_conversation(user, conversation_id)
+    answer = get_message(user, message_id)
+    if answer.conversation_id != conversation.id or answer.role != Message.Role.ASSISTANT:
+        raise ChatError("not_found", _("No such answer to regenerate."), message_id=answer.id)
+    if answer.is_active:
+        raise ChatError("busy", _(BUSY), message_id=answer.id)
+    spec = _model_of(conversation)
+    message_limits.check_and_count(user)
+    return _queue_answer(conversation, spec, answer.parent, None, "", announce)
+
+
+def do_select_version(user: AbstractBaseUser, conversation_id: Any, message_id: Any) -> Message:
+    """Show the branch through `message_id` (following the newest children below it)."""
+    conversation = get_conversation(user, conversation_id)
+    chosen = get_message(user, message_id)
+    if chosen.conversation_id != conversation.id:
+        raise ChatError("not_found", _("No such message."), message_id=chosen.id)
+    nodes = list(conversation.messages.only("id", "parent_id", "position"))
+    leaf = conversation.messages.get(id=threads.newest_leaf_under(chosen.id, nodes))
+    Conversation.objects.filter(id=conversation.id).update(current_leaf=leaf)
+    return leaf
+
+
+def branch_messages(conversation: Conversation) -> list[Message]:
+    """The messages of the branch on show, oldest first."""
+    everything = list(conversation.messages.all())
+    return threads.path_to(conversation.current_leaf_id or threads.default_leaf(everything), everything)
+
+
+def check_title(title: Any) -> str:
+    if not isinstance(title, str):
+        raise ChatError("invalid_title", _("The title must be text."))
+    title = " ".join(title.split())
+    if not title:
+        raise ChatError("invalid_title", _("The title is empty."))
+    if "\x00" in title or not _is_unicode(title):
+        raise ChatError("invalid_title", _("The title contains a NUL character or text that is not valid Unicode."))
+    if len(title) > TITLE_MAX:
+        raise ChatError("invalid_title", _("The title is %(length)d characters long; the limit is %(limit)d.")
+                        % {"length": len(title), "limit": TITLE_MAX})
+    return title
+
+
+def do_rename(user: AbstractBaseUser, conversation_id: Any, title: Any) -> Conversation:
+    title = check_title(title)
+    conversation = get_conversation(user, conversation_id)
+    Conversation.objects.filter(id=conversation.id).update(title=title)
+    conversation.title = title
+    return conversation
+
+
+def do_delete_conversation(user: AbstractBaseUser, conversation_id: Any) -> None:
+    """Delete a conversation with its messages; a worker writing an answer finds its row gone
+    and stops."""
+    conversation = get_conversation(user, conversation_id)
+    conversation.delete()
+
+
+def search_conversations(user: AbstractBaseUser, query: str):
+    """The user's conversations whose title or any message contains `query` (case-insensitive)."""
+    # PostgreSQL cannot hold NUL in a query string (a 500 there); nothing stored contains one.
+    query = query.replace("\x00", "").strip()[:SEARCH_MAX]
+    matches = Q(title__icontains=query) | Q(messages__content__icontains=query)
+    ids = conversations_for(user).filter(matches).values("id")
+    return conversations_for(user).filter(id__in=ids)
+
+
+def _announce_and_enqueue(sent: SentMessage, queue: str, announce: Callable[[SentMessage], None] | None) -> None:
+    answer = sent.assistant_message
+    log_context.bind(conversation_id=answer.conversation_id, message_id=answer.id, model=answer.conversation.model)
+    if announce is not None:
+        announce(sent)
+    # The worker that answered this conversation before holds its KV cache: send it there.
+    target = queue_for(queue, answer.conversation_id)
+    log.info("queueing answer %s on %s", answer.id, target)
+    # The request id travels in the message headers, so the worker's log lines carry it too.
+    answer_queue.enqueue(answer.id, target, log_context.task_headers())
+
+
+def _title_from(content: str) -> str:
+    line = " ".join(content.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+def do_request_stop(user: AbstractBaseUser, message_id: Any) -> Message | None:
+    """Stop an answer. Returns the finished row when it was still queued (the caller announces
+    it); None when a worker is writing it (the worker finishes it at its next save)."""
+    message = get_message(user, message_id)
+    if message.role != Message.Role.ASSISTANT or not message.is_active:
+        raise ChatError("not_running", _("That answer is not being written."), message_id=message.id)
+    now = timezone.now()
+    queued = Message.objects.filter(id=message.id, status=Message.Status.PENDING).update(
+        status=Message.Status.CANCELLED, finish_reason="cancelled", updated_at=now
+    )
+    if queued:
+        message.refresh_from_db()
+        return message
+    if Message.objects.filter(id=message.id, status=Message.Status.STREAMING).update(
+        stop_requested=True, updated_at=now
+    ):
+        liveness.publish_cancel(message.id)  # the worker stops at its next token
+    return None
+
+
+def resume_snapshot(user: AbstractBaseUser, conversation_id: Any, message_id: Any) -> Message:
+    """The row as saved: every delta published so far is already in it (the worker saves first)."""
+    message = get_message(user, message_id)
+    if message.conversation_id != _parse_uuid(conversation_id, "conversation"):
+        raise ChatError("not_found", _("No such message."), message_id=message.id)
+    return message
+

@@ -1,0 +1,56 @@
+"""Bodies refused by their declared size, before anything parses them.
+
+CsrfViewMiddleware reads request.POST (parsing a whole multipart body into temporary files) before
+a view can look at the file's size. So this middleware, placed before it, compares Content-Length
+with what the view would accept and answers as the view would: the upload's JSON error, the import
+form's message. (Form posts elsewhere are capped by DATA_UPLOAD_MAX_MEMORY_SIZE, the /v1 API by
+API_MAX_BODY_BYTES in its view; the socket by its frame size.)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.http import HttpRequest, HttpResponse
+
+from chat.conversations import exports
+
+# Room for the multipart envelope around the file: boundaries, part headers, the CSRF token field.
+MULTIPART_SLACK = 64 * 1024
+
+
+def _limits() -> dict[str, int]:
+    return {"upload_attachment": settings.ATTACHMENT_MAX_BYTES, "import_conversation": exports.IMPORT_MAX_BYTES}
+
+
+def _declared(request: HttpRequest) -> int:
+    try:
+        return max(0, int(request.META.get("CONTENT_LENGTH") or 0))
+    except ValueError:
+        return 0
+
+
+class BodyLimitMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(self, request: HttpRequest, view, args, kwargs) -> HttpResponse | None:
+        match = request.resolver_match
+        limit = _limits().get(match.url_name if match else "")
+        if request.method != "POST" or limit is None:
+            return None
+        declared = _declared(request)
+        if declared <= limit + MULTIPART_SLACK:
+            return None
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        from chat.conversations import attachment_views
+        from chat.conversations import views
+
+        refuse = {"upload_attachment": attachment_views.refuse_oversized,
+                  "import_conversation": views.refuse_oversized_import}[match.url_name]
+        return refuse(request, declared)

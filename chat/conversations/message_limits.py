@@ -1,0 +1,53 @@
+"""Per-user limits on chat messages, across all of a user's tabs and conversations.
+
+A socket's token bucket (SOCKET_FRAME_BURST, SOCKET_FRAMES_PER_SECOND) slows one connection; these
+hold back a user who floods through many: answers being written at once (counted in the database,
+so every web process sees the same number) and messages per minute (a fixed window in Redis, shared
+by every web process). The /v1 API has its own (chat/api_usage.py).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import redis
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.utils.translation import gettext as _
+
+from chat.core.redis_server import shared_client
+
+from chat.core.errors import ChatError
+from chat.conversations.models import Conversation, Message
+
+log = logging.getLogger(__name__)
+RATE_WINDOW_SECONDS = 60
+
+
+def check_and_count(user: AbstractBaseUser) -> None:
+    """Before a send or a regeneration is saved: ChatError when it would pass a limit (0 = no limit);
+    otherwise it counts towards this minute's messages."""
+    most = settings.CHAT_ACTIVE_ANSWERS_PER_USER
+    if most and Message.objects.filter(conversation__user=user, conversation__source=Conversation.Source.CHAT,
+                                       role=Message.Role.ASSISTANT, status__in=Message.ACTIVE).count() >= most:
+        raise ChatError("too_many_answers", _("%(limit)d answers are being written for you already. Wait for one "
+                                              "to finish, or stop one.") % {"limit": most})
+    per_minute = settings.CHAT_MESSAGES_PER_MINUTE
+    if not per_minute:
+        return
+    now = time.time()
+    window = int(now // RATE_WINDOW_SECONDS)
+    key = f"deepseek:chat:messages:{user.pk}:{RATE_WINDOW_SECONDS}:{window}"
+    try:
+        pipe = shared_client(settings.REDIS_URL).pipeline()
+        pipe.incr(key)
+        pipe.expire(key, RATE_WINDOW_SECONDS * 2)
+        count = pipe.execute()[0]
+    except redis.RedisError:  # the answer could not be queued either; the send reports that
+        log.warning("message limit skipped: Redis unavailable")
+        return
+    if count > per_minute:
+        wait = max(1, math.ceil((window + 1) * RATE_WINDOW_SECONDS - now))
+        raise ChatError("rate_limited", _("You are sending messages too fast (at most %(limit)d a minute). "
+                                          "Try again in %(seconds)d s.") % {"limit": per_minute, "seconds": wait})

@@ -1,0 +1,214 @@
+"""Pages: sign-up, the chat home, one conversation and what the sidebar does to it; the probes."""
+from __future__ import annotations
+
+import datetime
+import json
+
+from django.contrib import messages as flash
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.views import PasswordChangeView
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from inference.registry import all_models, default_model
+
+from chat.conversations import actions
+
+from chat.audit import log as audit
+
+from chat.conversations import exports
+
+from chat.accounts import signups
+
+from chat.conversations import threads
+from chat.conversations.actions import ChatError
+from chat.conversations.forms import ConversationSettingsForm
+from chat.conversations.frames import message_frame
+from chat.conversations.models import Conversation
+from chat.conversations.ui_strings import ui_strings
+
+SIDEBAR_LIMIT = 200
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("home")
+    form = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        wait = signups.take_signup(request)
+        if wait is not None:
+            form.add_error(None, _("Too many accounts were created from your network in the last hour. "
+                                   "Try again later."))
+            response = render(request, "registration/signup.html", {"form": form}, status=429)
+            response["Retry-After"] = str(wait)
+            return response
+        user = form.save()
+        audit.record("signup", actor=user, request=request)
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("home")
+    return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
+
+
+def _sidebar_groups(conversations) -> list[tuple[str, list[Conversation]]]:
+    """Newest first, grouped by the day of their last message in the site's time zone."""
+    today = timezone.localdate()
+    groups: dict[str, list[Conversation]] = {_("Today"): [], _("Yesterday"): [], _("Earlier"): []}
+    labels = list(groups)
+    for conversation in conversations:
+        day = timezone.localdate(conversation.updated_at)
+        index = 0 if day >= today else 1 if day == today - datetime.timedelta(days=1) else 2
+        groups[labels[index]].append(conversation)
+    return [(label, items) for label, items in groups.items() if items]
+
+
+def _page(request: HttpRequest, conversation=None, *, settings_form=None, status: int = 200,
+          import_error: str = "") -> HttpResponse:
+    spec = all_models().get(conversation.model) if conversation else default_model()
+    query = request.GET.get("q", "").strip()
+    listed = actions.search_conversations(request.user, query) if query else actions.conversations_for(request.user)
+    everything = list(conversation.messages.prefetch_related("attachments")) if conversation else []
+    leaf = (conversation.current_leaf_id or threads.default_leaf(everything)) if conversation else None
+    context = {
+        "sidebar_groups": _sidebar_groups(listed[:SIDEBAR_LIMIT]),
+        "query": query,
+        "conversation": conversation,
+        "model": spec,
+        "models": list(all_models().values()),  # only configured models are offered
+        "settings_form": settings_form or (ConversationSettingsForm(instance=conversation) if conversation else None),
+        "import_error": import_error,
+        # The whole tree (every version), so switching versions needs no round trip.
+        "initial_state": {
+            "messages": [message_frame(m)["message"] for m in everything],
+            "current_leaf": str(leaf) if leaf else None,
+            "reasoning": bool(spec and spec.reasoning),
+        },
+        "ui_strings": ui_strings(),
+    }
+    return render(request, "chat/chat.html", context, status=status)
+
+
+def _owned(request: HttpRequest, conversation_id) -> Conversation:
+    try:
+        return actions.get_conversation(request.user, conversation_id)
+    except ChatError:
+        raise Http404("No such conversation.") from None
+
+
+@login_required
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    return _page(request)
+
+
+@login_required
+@require_POST
+def new_conversation(request: HttpRequest) -> HttpResponse:
+    try:
+        conversation = actions.do_create_conversation(request.user, request.POST.get("model") or None)
+    except ChatError as exc:
+        return HttpResponse(exc.message, status=400, content_type="text/plain; charset=utf-8")
+    return redirect("conversation", conversation_id=conversation.id)
+
+
+@login_required
+@require_GET
+def conversation(request: HttpRequest, conversation_id) -> HttpResponse:
+    return _page(request, _owned(request, conversation_id))
+
+
+@login_required
+@require_POST
+def rename(request: HttpRequest, conversation_id) -> HttpResponse:
+    """Inline rename from the sidebar (fetch, JSON answer) or a plain form post (redirect)."""
+    _owned(request, conversation_id)
+    wants_json = request.headers.get("Accept", "").startswith("application/json")
+    try:
+        renamed = actions.do_rename(request.user, conversation_id, request.POST.get("title"))
+    except ChatError as exc:
+        if wants_json:
+            return JsonResponse({"error": {"code": exc.code, "message": exc.message}}, status=400)
+        return HttpResponse(exc.message, status=400, content_type="text/plain; charset=utf-8")
+    if wants_json:
+        return JsonResponse({"title": renamed.title})
+    return redirect("conversation", conversation_id=renamed.id)
+
+
+@login_required
+@require_POST
+def delete(request: HttpRequest, conversation_id) -> HttpResponse:
+    found = _owned(request, conversation_id)
+    actions.do_delete_conversation(request.user, conversation_id)
+    audit.record("conversation_deleted", request=request, conversation_id=found.id, model=found.model)
+    flash.success(request, _("The conversation was deleted."))
+    return redirect("home")
+
+
+@login_required
+@require_POST
+def update_settings(request: HttpRequest, conversation_id) -> HttpResponse:
+    found = _owned(request, conversation_id)
+    form = ConversationSettingsForm(request.POST, instance=found)
+    if not form.is_valid():
+        found.refresh_from_db()  # the form wrote the rejected values onto the instance
+        return _page(request, found, settings_form=form, status=400)
+    form.save()
+    flash.success(request, _("Settings saved."))
+    return redirect("conversation", conversation_id=found.id)
+
+
+@login_required
+@require_GET
+def export(request: HttpRequest, conversation_id, ext: str) -> HttpResponse:
+    found = _owned(request, conversation_id)
+    audit.record("conversation_exported", request=request, conversation_id=found.id, detail={"format": ext})
+    if ext == "json":
+        body = json.dumps(exports.export_json(found), ensure_ascii=False, indent=2)
+        content_type = "application/json; charset=utf-8"
+    else:
+        body, content_type = exports.export_markdown(found), "text/markdown; charset=utf-8"
+    response = HttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="{exports.export_filename(found, ext)}"'
+    return response
+
+
+@login_required
+@require_POST
+def import_conversation(request: HttpRequest) -> HttpResponse:
+    upload = request.FILES.get("file")
+    try:
+        if upload is None:
+            raise ChatError("invalid_import", _("Choose a JSON file exported from deepseek-web."))
+        if upload.size > exports.IMPORT_MAX_BYTES:
+            raise ChatError("invalid_import", _("The file is too large to import."))
+        imported = exports.do_import(request.user, upload.read())
+    except ChatError as exc:
+        # The details name fields of the file format, which stay in English.
+        return _page(request, status=400, import_error=_("The file could not be imported: %(reason)s")
+                     % {"reason": exc.message})
+    return redirect("conversation", conversation_id=imported.id)
+
+
+def refuse_oversized_import(request: HttpRequest, declared: int) -> HttpResponse:
+    """An import whose Content-Length is past the cap (chat/body_limits.py): refused unread."""
+    return _page(request, status=413, import_error=_("The file could not be imported: %(reason)s")
+                 % {"reason": _("The file is too large to import.")})
+
+
+class AuditedPasswordChangeView(PasswordChangeView):
+    """Django's password change, with an audit event when it succeeds."""
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        audit.record("password_change", request=self.request)
+        return response
+
+
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"status": "ok"})

@@ -1,8 +1,0 @@
-"""WebSocket URL routes."""
-from django.urls import path
-
-from .consumers import ChatConsumer
-
-websocket_urlpatterns = [
-    path("ws/chat/<uuid:conversation_id>/", ChatConsumer.as_asgi()),
-]

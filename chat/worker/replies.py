@@ -1,0 +1,321 @@
+"""The worker's side of an answer: claim the row, save and publish text as it grows, finish it.
+
+Invariant that makes resume gap-free: a delta is published only after the row holding its
+text (and its seq) was saved, so a client that reads the row after subscribing misses nothing.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import current_task
+from django.conf import settings
+from django.utils import timezone
+
+from chat.core import log_context
+from chat.core.metrics import StreamMetrics, moderation_blocked
+
+from chat.accounts import usage as api_usage
+
+from chat.audit import log as audit
+
+from chat.conversations import events
+
+from chat.conversations import liveness
+
+from chat.moderation import rules as moderation
+
+from chat.conversations import threads
+from chat.conversations.frames import delta_frame, done_frame, error_frame, message_frame
+from chat.conversations.models import Attachment, Message
+from chat.moderation.rules import ALLOWED, Verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplyJob:
+    """What a worker needs to write one answer; no Django rows cross into the engine."""
+
+    message_id: str
+    conversation_id: str
+    model: str
+    # Chat-template messages, oldest first, ending with the user's; a user message may carry
+    # "images": the bytes of its attached images (vision models).
+    history: list[dict[str, Any]]
+    # The conversation's settings; None means the model's default.
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    user_id: int | None = None  # the asker, for the audit event
+    claimed_at: float = field(default_factory=time.monotonic)
+    # API requests only: strings that end the answer, a sampling seed, and where it came from
+    # ("api" answers count against the user's daily token quota).
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    source: str = "chat"
+
+
+def claim(message_id: str) -> ReplyJob | None:
+    """Take a pending answer (pending → streaming). None if it is gone, taken, or finished."""
+    claimed = Message.objects.filter(id=message_id, status=Message.Status.PENDING).update(
+        status=Message.Status.STREAMING, updated_at=timezone.now()
+    )
+    if claimed != 1:
+        log.info("answer %s was not pending (deleted, cancelled or taken); skipping", message_id)
+        return None
+    answer = Message.objects.select_related("conversation").get(id=message_id)
+    conversation = answer.conversation
+    # The answer continues its own branch: its ancestors, not every earlier message.
+    nodes = Message.objects.filter(conversation_id=conversation.id).only(
+        "id", "parent_id", "position", "role", "content", "status"
+    )
+    earlier = [
+        m for m in threads.path_to(answer.parent_id, nodes)
+        if not (m.role == Message.Role.ASSISTANT and not m.content) and m.status != Message.Status.FAILED
+    ]
+    history: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in earlier]
+    images = _images_by_message([m.id for m in earlier if m.role == Message.Role.USER])
+    for message, turn in zip(earlier, history, strict=True):
+        if images.get(message.id):
+            turn["images"] = images[message.id]
+    if conversation.system_prompt:
+        history.insert(0, {"role": "system", "content": conversation.system_prompt})
+    return ReplyJob(str(answer.id), str(conversation.id), conversation.model, history,
+                    conversation.temperature, conversation.top_p, conversation.max_tokens, conversation.user_id,
+                    stop=list(conversation.stop or []), seed=conversation.seed, source=conversation.source)
+
+
+ORPHAN_ERROR = "The worker writing this answer stopped; the partial answer was kept. Regenerate to try again."
+
+
+def fail_orphaned_answers(now: float | None = None) -> int:
+    """Fail the answers left `streaming` by a worker that died (killed, out of memory, host lost),
+    keeping their partial text, so no page or API client waits forever and the user can
+    regenerate. An answer counts as orphaned when no live worker refreshes its writing key and
+    its row has not changed for the key's lifetime. A redelivered task finds the row failed and
+    skips it (claim() takes pending rows only), so no text is ever written twice."""
+    stale_before = timezone.now() - datetime.timedelta(seconds=liveness.WRITING_TTL_SECONDS)
+    candidates = list(Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=stale_before)
+                      .values_list("id", "conversation_id"))
+    if not candidates:
+        return 0
+    try:
+        holders = liveness.writers([mid for mid, _ in candidates])
+    except Exception:  # Redis cannot say who is alive: fail nothing
+        log.warning("orphan sweep skipped: Redis unavailable", exc_info=True)
+        return 0
+    failed = 0
+    for message_id, conversation_id in candidates:
+        if holders.get(str(message_id)):
+            continue
+        done = Message.objects.filter(id=message_id, status=Message.Status.STREAMING,
+                                      updated_at__lt=stale_before).update(
+            status=Message.Status.FAILED, finish_reason="error", error=ORPHAN_ERROR, stop_requested=False,
+            updated_at=timezone.now())
+        if not done:
+            continue
+        failed += 1
+        log.warning("answer %s was left streaming by a worker that stopped; failed it", message_id)
+        announce_failure(message_id, conversation_id, ORPHAN_ERROR)
+    return failed
+
+
+def announce_failure(message_id: object, conversation_id: object, error: str) -> None:
+    """Tell a conversation's open pages and API streams that a sweep failed one of its answers."""
+    message = Message.objects.get(id=message_id)
+    events.publish(conversation_id, error_frame("generation_failed", error, message_id=message_id))
+    events.publish(conversation_id, message_frame(message))
+    events.publish(conversation_id, done_frame(message))
+
+
+def _user(user_id: int | None) -> Any:
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.filter(id=user_id).first() if user_id else None
+
+
+def _images_by_message(message_ids: list[Any]) -> dict[Any, list[bytes]]:
+    """The stored (validated, re-encoded) images of these messages, in upload order."""
+    found: dict[Any, list[bytes]] = {}
+    for attachment in Attachment.objects.filter(message_id__in=message_ids).order_by("created_at"):
+        with attachment.file.open("rb") as stored:
+            found.setdefault(attachment.message_id, []).append(stored.read())
+    return found
+
+
+@dataclass
+class ReplyWriter:
+    """Accumulates an answer; every flush saves the row, then publishes the new text."""
+
+    job: ReplyJob
+    flush_seconds: float = field(default_factory=lambda: settings.STREAM_FLUSH_SECONDS)
+    content: str = ""
+    reasoning: str = ""
+    seq: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    abandoned: bool = False
+    filtered: Verdict | None = None  # the moderation verdict that cut the answer
+    _unsent_content: str = ""
+    _unsent_reasoning: str = ""
+    _last_flush: float = 0.0
+    _last_watch_check: float = field(default_factory=time.monotonic)
+    _unwatched_since: float | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._stop = liveness.cancel_watch.watch(self.job.message_id)
+        moderator = moderation.current_moderator()
+        self._content_watch = moderator.output_watch()
+        self._reasoning_watch = moderator.output_watch()
+        self._metrics = StreamMetrics(self.job.model, self.job.claimed_at)  # TTFT, token gaps, active streams
+
+    def close(self) -> None:
+        liveness.cancel_watch.unwatch(self.job.message_id)
+        self._metrics.closed()
+
+    def _row(self):
+        return Message.objects.filter(id=self.job.message_id)
+
+    def _publish(self, frame: dict[str, Any]) -> None:
+        events.publish(self.job.conversation_id, frame)
+
+    def start(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self._row().update(prompt_tokens=prompt_tokens)
+
+    def append(self, content: str, reasoning: str, completion_tokens: int) -> bool:
+        """Add text; returns False when the answer must stop (Stop pressed, nobody watching, the
+        row deleted, or the text tripped a moderation rule: see `filtered`)."""
+        if self._stop.is_set():
+            return False
+        # Moderated before it is saved or published: text that trips a rule never leaves the worker.
+        for watch, text in ((self._content_watch, content), (self._reasoning_watch, reasoning)):
+            verdict = watch.feed(text) if text else ALLOWED
+            if not verdict.allowed:
+                self.filtered = verdict
+                return False
+        self.content += content
+        self.reasoning += reasoning
+        self._unsent_content += content
+        self._unsent_reasoning += reasoning
+        self.completion_tokens = completion_tokens
+        self._metrics.delta(completion_tokens)
+        now = time.monotonic()
+        if now - self._last_watch_check >= min(2.0, settings.ABANDONED_AFTER_SECONDS / 2):
+            self._last_watch_check = now
+            if liveness.is_watched(self.job.conversation_id):
+                self._unwatched_since = None
+            elif self._unwatched_since is None:
+                # Not yet: a restarted Redis has lost every watched key until the sockets' next refresh
+                # (every third of the timeout); only an absence longer than that means nobody is there.
+                self._unwatched_since = now
+            elif now - self._unwatched_since >= settings.ABANDONED_AFTER_SECONDS / 2:
+                log.info("nobody is watching conversation %s; cancelling %s", self.job.conversation_id,
+                         self.job.message_id)
+                self.abandoned = True
+                return False
+        if now - self._last_flush < self.flush_seconds:
+            return True
+        return self.flush()
+
+    def final_check(self) -> bool:
+        """At the natural end: a rule that needed the text's end to be sure (a word's last letter)."""
+        for watch in (self._content_watch, self._reasoning_watch):
+            verdict = watch.finish()
+            if not verdict.allowed:
+                self.filtered = verdict
+                return False
+        return True
+
+    def flush(self) -> bool:
+        if not (self._unsent_content or self._unsent_reasoning):
+            return True
+        saved = self._row().filter(status=Message.Status.STREAMING, stop_requested=False).update(
+            content=self.content, reasoning=self.reasoning, seq=self.seq + 1,
+            completion_tokens=self.completion_tokens, updated_at=timezone.now(),
+        )
+        if not saved:
+            return False
+        self.seq += 1
+        self._last_flush = time.monotonic()
+        self._publish(delta_frame(self.job.message_id, self.seq, self._unsent_content, self._unsent_reasoning))
+        self._unsent_content = self._unsent_reasoning = ""
+        return True
+
+    def should_cancel(self) -> bool:
+        """After a refused save or append: cancel (Stop or abandoned), or just let go (deleted)."""
+        return self.abandoned or self._row().filter(stop_requested=True).exists()
+
+    def finish(self, status: str, finish_reason: str, error: str = "") -> Message | None:
+        """Save the final text and state, then publish the remaining text and `done`."""
+        self._metrics.finished(self.completion_tokens)
+        unsent = bool(self._unsent_content or self._unsent_reasoning)
+        final_seq = self.seq + 1 if unsent else self.seq
+        saved = self._row().filter(status=Message.Status.STREAMING).update(
+            status=status, finish_reason=finish_reason, error=error[:500], content=self.content,
+            reasoning=self.reasoning, seq=final_seq, prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens, stop_requested=False, updated_at=timezone.now(),
+        )
+        self._audit(finish_reason if saved else "deleted")
+        if self.job.source == "api" and self.job.user_id is not None:
+            api_usage.record_tokens(self.job.user_id, self.prompt_tokens, self.completion_tokens)
+        if not saved:  # deleted meanwhile: nobody to tell
+            return None
+        if unsent:
+            self.seq = final_seq
+            self._publish(delta_frame(self.job.message_id, self.seq, self._unsent_content, self._unsent_reasoning))
+            self._unsent_content = self._unsent_reasoning = ""
+        message = Message.objects.get(id=self.job.message_id)
+        if status == Message.Status.FAILED:
+            self._publish(error_frame("generation_failed", error, message_id=message.id))
+        # The finished row once more, now with its rendered HTML (pages swap the plain text for it).
+        self._publish(message_frame(message))
+        self._publish(done_frame(message))
+        return message
+
+    def _audit(self, outcome: str) -> None:
+        """One audit event per generation: hashes of the question and the answer, never their text."""
+        question = next((m["content"] for m in reversed(self.job.history) if m["role"] == "user"), "")
+        detail: dict[str, Any] = {"finish_reason": outcome}
+        if self.job.source != "chat":
+            detail["source"] = self.job.source  # an API request
+        worker = getattr(current_task.request, "hostname", None) if current_task else None
+        if worker:
+            detail["worker"] = worker  # which worker process answered (routing, incidents)
+        if self.filtered is not None:
+            detail.update({"direction": "output", **self.filtered.as_detail()})
+        # The task's request id (from the socket frame or API request that queued it): the audit
+        # reads it from a request-like mapping, as it does from a Channels scope.
+        request_id = log_context.request_id()
+        audit.record(
+            "model_call", actor=_user(self.job.user_id), conversation_id=self.job.conversation_id,
+            request={"audit_request_id": request_id} if request_id else None,
+            message_id=self.job.message_id, model=self.job.model, input_text=question, output_text=self.content,
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+            latency_ms=round((time.monotonic() - self.job.claimed_at) * 1000),
+            verdict="content_filter" if self.filtered is not None else outcome, detail=detail,
+        )
+
+    def done(self, finish_reason: str) -> Message | None:
+        return self.finish(Message.Status.DONE, finish_reason)
+
+    def content_filtered(self) -> Message | None:
+        """End a cut answer: its partial text is replaced by the notice the page shows (an empty
+        answer with finish_reason content_filter); nothing of the tripping text is kept."""
+        moderation_blocked("output")
+        self.content = self.reasoning = ""
+        self._unsent_content = self._unsent_reasoning = ""
+        return self.finish(Message.Status.DONE, "content_filter")
+
+    def cancelled(self) -> Message | None:
+        return self.finish(Message.Status.CANCELLED, "cancelled")
+
+    def fail(self, error: str) -> Message | None:
+        return self.finish(Message.Status.FAILED, "error", error)
+

@@ -1,0 +1,173 @@
+"""Celery tasks: thin adapters between Message rows (chat.worker.replies) and the engine."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from celery import shared_task
+from celery.signals import worker_ready, worker_shutdown
+
+from chat.core import log_context
+
+from inference.batching import BatchConfig
+from inference.engine import Delta, Engine, GenerationStats, PromptTooLong, SamplingParams
+from inference.loading import ModelCache, ModelLoadError
+from chat.core.metrics_snapshots import ensure_pushing, stop_pushing
+from inference.registry import ModelSpec, UnknownModel, all_models, get_model
+from chat.core.worker_routing import Heartbeat, private_queue
+from inference.upstream import UpstreamEngine, UpstreamError
+
+if TYPE_CHECKING:
+    from chat.worker.replies import ReplyJob, ReplyWriter
+
+log = logging.getLogger(__name__)
+_models = ModelCache()
+_engines: dict[ModelSpec, Engine | UpstreamEngine] = {}
+
+
+def engine_for(spec: ModelSpec) -> Engine | UpstreamEngine:
+    """The process-wide engine for a model, loading it on first use (an upstream model loads nothing)."""
+    engine = _engines.get(spec)
+    if engine is None:
+        if spec.upstream:
+            engine = _engines[spec] = UpstreamEngine(spec)
+        else:
+            # The batching manager takes token ids only: vision models answer one request per thread.
+            engine = _engines[spec] = Engine(_models.get(spec), spec, None if spec.vision else batch_config())
+    return engine
+
+
+def batch_config() -> BatchConfig | None:
+    from django.conf import settings
+
+    if not settings.ENGINE_BATCHING:
+        return None
+    return BatchConfig(page_size=settings.ENGINE_KV_PAGE_SIZE, num_blocks=settings.ENGINE_KV_BLOCKS,
+                       max_batch_tokens=settings.ENGINE_MAX_BATCH_TOKENS)
+
+
+def sampling_params(spec: ModelSpec, job: ReplyJob) -> SamplingParams:
+    """The conversation's sampling settings within the operator's limits (None: the model's default)."""
+    return SamplingParams(
+        # The conversation may ask for fewer tokens than the operator allows, never more.
+        max_new_tokens=min(job.max_tokens or spec.max_new_tokens, spec.max_new_tokens),
+        temperature=spec.temperature if job.temperature is None else job.temperature,
+        top_p=spec.top_p if job.top_p is None else job.top_p,
+        seed=job.seed,
+        stop=tuple(job.stop),
+    )
+
+
+@shared_task(name="inference.tasks.generate", ignore_result=True)
+def generate(message_id: str) -> None:
+    """Write the answer for one pending assistant message, streaming it to the conversation."""
+    from chat.worker.replies import ReplyWriter, claim
+
+    # The request id came in the task's headers (chat.core.log_context sets it before each task).
+    log_context.bind(message_id=message_id)
+    job = claim(message_id)
+    if job is None:
+        return
+    log_context.bind(conversation_id=job.conversation_id, model=job.model)
+    log.info("writing answer %s with %s", message_id, job.model)
+    writer = ReplyWriter(job)
+    try:
+        spec = get_model(job.model)
+        engine = engine_for(spec)
+        if isinstance(engine, UpstreamEngine):
+            _answer_upstream(engine, job, sampling_params(spec, job), writer)
+        else:
+            _answer_locally(engine, job, sampling_params(spec, job), writer)
+    except (UnknownModel, ModelLoadError, PromptTooLong, UpstreamError) as exc:
+        writer.fail(str(exc))
+    except Exception:
+        log.exception("generation of %s failed", message_id)
+        try:
+            writer.fail("The model failed while writing this answer; the partial answer was kept.")
+        except Exception:  # e.g. the database is gone too: the row stays for a later sweep
+            log.exception("could not record the failure of %s", message_id)
+    finally:
+        writer.close()
+
+
+def _answer_locally(engine: Engine, job: ReplyJob, params: SamplingParams, writer: ReplyWriter) -> None:
+    prompt_ids = engine.encode_chat(job.history, params.max_new_tokens, conversation=job.conversation_id)
+    writer.start(len(prompt_ids))
+    stats = GenerationStats()
+    if _relay(engine.generate(prompt_ids, params, stats), stats, writer):
+        engine.remember_turn(job.conversation_id, job.history, writer.content, prompt_ids, stats)
+
+
+def _answer_upstream(engine: UpstreamEngine, job: ReplyJob, params: SamplingParams, writer: ReplyWriter) -> None:
+    # The upstream renders and counts the prompt itself; its count arrives with the last chunk.
+    writer.start(0)
+    stats = GenerationStats()
+    _relay(engine.generate(job.history, params, stats), stats, writer)
+
+
+def _relay(stream: Iterator[Delta], stats: GenerationStats, writer: ReplyWriter) -> bool:
+    """Feed the engine's deltas to the writer and finish the row; True when the answer ended on its own."""
+    for delta in stream:
+        if not writer.append(delta.content, delta.reasoning, stats.completion_tokens):
+            stream.close()
+            break
+    else:
+        writer.completion_tokens = stats.completion_tokens
+        writer.prompt_tokens = stats.prompt_tokens or writer.prompt_tokens
+        if writer.final_check() and writer.flush():
+            writer.done(stats.finish_reason)
+            return True
+    # The text was refused: a moderation rule tripped, Stop was pressed, nobody is watching,
+    # or the row was deleted.
+    if writer.filtered is not None:
+        writer.content_filtered()
+    elif writer.should_cancel():
+        writer.cancelled()
+    return False
+
+
+_heartbeats: list[Heartbeat] = []
+
+
+@worker_ready.connect
+def join_models(sender=None, **kwargs) -> None:
+    """Load the models whose queues this worker consumes (so the first answer is not slow),
+    then take a private queue per model and announce it, so conversations stick to us."""
+    if sender is None:
+        return
+    ensure_pushing()  # this worker's metrics reach the web's /metrics through Redis
+    # The sender is the worker's consumer; its app knows which queues this worker was given.
+    queues = set(sender.app.amqp.queues.consume_from)
+    mine = [spec.celery_queue for spec in all_models().values() if spec.celery_queue in queues]
+    for spec in all_models().values():
+        if spec.celery_queue in mine:
+            try:
+                engine_for(spec)
+            except ModelLoadError:
+                pass  # already logged in one line; answers for it fail with the reason
+    for queue in mine:
+        sender.add_task_queue(private_queue(queue, sender.hostname))
+    if mine:
+        _heartbeats.append(Heartbeat(sender.hostname, mine).start())
+        from chat.conversations.answer_queue import sweep
+        from chat.conversations.liveness import WritingBeacon
+
+        # Answers left streaming by a worker that died are failed (their text kept) by the survivors;
+        # answers whose queued task Redis lost are queued again, and those never taken fail in time.
+        _heartbeats.append(WritingBeacon(sender.hostname, sweep).start())
+
+
+@worker_shutdown.connect
+def stop_engines(**kwargs) -> None:
+    """The batching loops run in non-daemon threads: stop them, or the worker never exits."""
+    while _heartbeats:
+        _heartbeats.pop().stop()
+    stop_pushing()
+    for spec, engine in list(_engines.items()):
+        if isinstance(engine, UpstreamEngine):
+            # It holds nothing but a connection pool: close it, and open a new one if asked again.
+            _engines.pop(spec, None)
+            engine.close()
+        elif engine.batcher is not None:
+            engine.batcher.stop(timeout=10)

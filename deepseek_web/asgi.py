@@ -11,8 +11,8 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from chat.conversations.outage import SocketOutageGuard  # noqa: E402
 from chat.conversations.routing import websocket_urlpatterns  # noqa: E402
+from chat.core.outage import SocketOutageGuard  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

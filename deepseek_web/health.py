@@ -14,7 +14,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
 from chat.core.metrics_snapshots import client as redis_client
-from inference.registry import all_models
+from chat.core.served_models import all_models
 from chat.core.worker_routing import live_workers
 
 log = logging.getLogger(__name__)

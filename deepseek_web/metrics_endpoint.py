@@ -16,7 +16,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from chat.core.metrics_snapshots import SharedCollector, ensure_pushing
 from chat.core.metrics_snapshots import client as redis_client
-from inference.registry import all_models
+from chat.core.served_models import all_models
 from chat.core.worker_routing import live_workers, private_queue
 
 log = logging.getLogger(__name__)

@@ -80,7 +80,7 @@ MIDDLEWARE = [
     # First, so every later middleware and the view log with the request's id.
     "chat.core.log_context.RequestIdMiddleware",
     # A database outage in a view answers 503 (one raised in a middleware reaches handler500, urls.py).
-    "chat.conversations.outage.DatabaseOutageMiddleware",
+    "chat.core.outage.DatabaseOutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -150,7 +150,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "chat.conversations.context_processors.appearance",
+                "chat.core.context_processors.appearance",
             ],
         },
     },
@@ -343,7 +343,7 @@ API_TOKENS_PER_DAY = env_int("API_TOKENS_PER_DAY", 1_000_000, minimum=0)
 API_KEEPALIVE_SECONDS = env_float("API_KEEPALIVE_SECONDS", 10.0, minimum=0.05)
 # An answer no worker has taken after this long is cancelled and the request answered 503
 # (DeepSeek's API closes a connection whose inference has not started after 10 minutes); the workers'
-# sweep fails any answer (a chat's too) still untaken shortly after (chat/answer_queue.py).
+# sweep fails any answer (a chat's too) still untaken shortly after (chat/conversations/lifecycle.py).
 API_QUEUE_TIMEOUT_SECONDS = env_float("API_QUEUE_TIMEOUT_SECONDS", 600.0, minimum=1.0)
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024 * 1024, minimum=1024)
 # API requests are kept (as hidden conversations) this long, then removed by the daily prune.

@@ -46,7 +46,7 @@ def main() -> int:
     from django.core.management import call_command
 
     django.setup()
-    from inference.registry import all_models
+    from chat.core.served_models import all_models
 
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8000"))

@@ -3,9 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from chat.api import views as api_views
-
 from chat.conversations import views
-
 from deepseek_web import health, metrics_endpoint
 
 urlpatterns = [
@@ -30,4 +28,4 @@ urlpatterns = [
 ]
 
 # A database outage raised outside a view (the session or user loaded in middleware) answers 503, not 500.
-handler500 = "chat.conversations.outage.server_error"
+handler500 = "chat.core.outage.server_error"

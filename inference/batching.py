@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from chat.core import metrics
+from inference import metrics
 from inference.loading import LoadedModel
 
 log = logging.getLogger(__name__)

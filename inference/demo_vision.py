@@ -11,7 +11,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from inference.demo import ASSISTANT, BOS, DEMO_CHAT_CONFIG, EOS, SEED, USER
+from inference.demo import (  # private to demo.py, but it is the exact text-demo tokenizer
+    ASSISTANT,
+    BOS,
+    DEMO_CHAT_CONFIG,
+    EOS,
+    SEED,
+    USER,
+    _new_tokenizer,
+)
 
 IMAGE_TOKEN = "<image>"
 # The vision tower: 56×56 pixels in 14×14 patches → 4×4 = 16 patches (+1 CLS position).
@@ -104,7 +112,6 @@ def build_demo_vision_model(
             tokenizer.init_kwargs.pop(loading_only, None)
     else:
         progress("training the tokenizer on the Python standard library")
-        from inference.demo import _new_tokenizer  # private to demo.py, but it is the exact text-demo tokenizer
 
         tokenizer = _new_tokenizer()
     tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)

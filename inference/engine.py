@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from chat.core import metrics
+from inference import metrics
 from inference.batching import BatchConfig, BatchRunner
 from inference.detokenizer import IncrementalDetokenizer
+from inference.errors import PromptTooLong
 from inference.loading import LoadedModel
 from inference.registry import ModelSpec
 from inference.turns import TurnCache
@@ -24,10 +25,6 @@ log = logging.getLogger(__name__)
 THINK_END = "</think>"
 # Below this a temperature is greedy decoding in all but name (and logits divided by it overflow).
 MIN_TEMPERATURE = 1e-4
-
-
-class PromptTooLong(ValueError):
-    """Even the newest message alone does not fit the model's context."""
 
 
 @dataclass(frozen=True)

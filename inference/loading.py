@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.registry import ModelSpec
+from inference.vision import VISION_SKIP_MODULES
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ def _quantization_config(spec: ModelSpec):
     import torch
     from transformers import BitsAndBytesConfig
 
-    from inference.vision import VISION_SKIP_MODULES
 
     unpackable = _unpackable_on_this_cpu(spec)
     # Naming any module replaces transformers' own default (the output head), so name it too.

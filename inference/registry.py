@@ -1,9 +1,8 @@
-"""The configured models: parsed and validated from settings.DEEPSEEK_MODELS."""
+"""Model specs: what an operator configures per model, parsed and validated (from chat.core.served_models)."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -141,29 +140,3 @@ def _check_backend(entry: dict[str, Any], where: str) -> None:
     timeout = entry.get("timeout", 600)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
         raise ModelConfigError(f"{where}.timeout must be a positive number of seconds")
-
-
-@lru_cache(maxsize=1)
-def _configured(raw_key: str) -> dict[str, ModelSpec]:
-    from django.conf import settings
-
-    return {spec.name: spec for spec in parse_models(settings.DEEPSEEK_MODELS)}
-
-
-def all_models() -> dict[str, ModelSpec]:
-    """Configured models by name, in settings order (the first is the default)."""
-    from django.conf import settings
-
-    # Keyed by the settings' repr so tests that override settings see their own models.
-    return _configured(repr(settings.DEEPSEEK_MODELS))
-
-
-def get_model(name: str) -> ModelSpec:
-    try:
-        return all_models()[name]
-    except KeyError:
-        raise UnknownModel(f"no model named {name!r} is configured") from None
-
-
-def default_model() -> ModelSpec:
-    return next(iter(all_models().values()))

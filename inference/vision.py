@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from inference.errors import PromptTooLong
+
 # Module names kept in full precision when a vision model is quantized: the vision tower and
 # its projector are small and sensitive, and the output head decides every token. transformers
 # matches these as prefixes or suffixes of module paths (LLaVA: model.vision_tower…, Qwen2-VL: visual…).
@@ -40,7 +42,6 @@ def encode_with_images(
     processor: Any, history: list[dict[str, Any]], budget: int, thinking: bool
 ) -> VisionPrompt:
     """Render the history (oldest turns dropped until it fits `budget` tokens) and process its images."""
-    from inference.engine import PromptTooLong
 
     system = [m for m in history if m["role"] == "system"]
     turns = [m for m in history if m["role"] != "system"]

@@ -1,6 +1,7 @@
 """Shared test set-up: a real Redis (started here when none answers), the demo model, users."""
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
 
@@ -9,7 +10,10 @@ import pytest
 from chat.core.redis_server import PrivateRedis, free_port, is_reachable
 
 # A database of its own on the machine's Redis, so a dev server on /0 is left alone.
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+# Under pytest-xdist each worker process gets the next database (gw0: /9, gw1: /10, ...), so per-user
+# windows and queues of one worker's users never meet another's (their ids repeat across databases).
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", f"redis://127.0.0.1:6379/{9 + _XDIST_WORKER}")
 _private_redis: PrivateRedis | None = None
 
 
@@ -42,12 +46,27 @@ def pytest_configure(config: pytest.Config) -> None:
     _point_at_redis(url)
     from django.conf import settings
 
-    # The suite signs up far more users from 127.0.0.1 than a person would; tests/test_abuse.py turns it on.
+    # The suite signs up far more users from 127.0.0.1 than a person would; tests/app/test_abuse.py turns it on.
     settings.SIGNUPS_PER_IP_PER_HOUR = 0
-    # Its tests send far more messages per user than a person would; tests/test_message_limits.py turns
+    # Its tests send far more messages per user than a person would; tests/app/test_message_limits.py turns
     # these on (and the resilience stack runs with the defaults).
     settings.CHAT_MESSAGES_PER_MINUTE = 0
     settings.CHAT_ACTIVE_ANSWERS_PER_USER = 0
+
+
+TIERS = ("unit", "app", "integration", "browser", "system")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test's tier comes from its folder (tests/<tier>/...): `-m unit`, `-m "unit or app"`, ..."""
+    root = config.rootpath / "tests"
+    for item in items:
+        try:
+            tier = item.path.relative_to(root).parts[0]
+        except ValueError:
+            continue
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -71,8 +90,12 @@ def demo_model_path():
     from django.core.management import call_command
 
     path = settings.DEMO_MODELS_DIR / "demo-chat"
-    if not (path / "config.json").exists() or not (settings.DEMO_MODELS_DIR / "demo-vision" / "config.json").exists():
-        call_command("build_demo_models", if_missing=True)
+    settings.DEMO_MODELS_DIR.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist's workers start together: one builds, the others wait for it and find them built.
+    with open(settings.DEMO_MODELS_DIR / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / "config.json").exists() or not (settings.DEMO_MODELS_DIR / "demo-vision" / "config.json").exists():
+            call_command("build_demo_models", if_missing=True)
     return path
 
 
@@ -106,7 +129,7 @@ def broker(redis_url):
     """The broker's Redis; queued tasks are cleared before and after each test."""
     import redis
 
-    from inference.registry import all_models
+    from chat.core.served_models import all_models
 
     client = redis.Redis.from_url(redis_url)
     queues = [spec.celery_queue for spec in all_models().values()]

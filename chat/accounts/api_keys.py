@@ -10,9 +10,9 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from chat.accounts.models import ApiKey
 from chat.audit import log as audit
 from chat.core.errors import ChatError
-from chat.accounts.models import ApiKey
 
 KEY_PREFIX = "sk-"
 SHOWN_PREFIX = 10  # "sk-" and 7 characters of the secret: enough to tell keys apart, useless to guess with

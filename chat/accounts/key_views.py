@@ -9,15 +9,13 @@ from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from inference.registry import default_model
-
 from chat.accounts import api_keys
-
 from chat.accounts import usage as api_usage
 from chat.accounts.api_keys import NAME_MAX
-from chat.core.errors import ChatError
 from chat.accounts.models import ApiKey
-from chat.conversations.ui_strings import ui_strings
+from chat.core.errors import ChatError
+from chat.core.served_models import default_model
+from chat.core.ui_strings import ui_strings
 
 
 def _page(request: HttpRequest, *, new_key: str = "", name_error: str = "", name: str = "",

@@ -8,9 +8,8 @@ import redis
 from django.conf import settings
 from django.http import HttpRequest
 
-from chat.core.redis_server import shared_client
-
 from chat.audit import log as audit
+from chat.core.redis_server import shared_client
 
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 3600

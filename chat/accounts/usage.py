@@ -19,9 +19,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils.translation import gettext as _
 
-from chat.core.redis_server import shared_client
-
 from chat.accounts.models import ApiUsage
+from chat.core.redis_server import shared_client
 
 log = logging.getLogger(__name__)
 SLOT_TTL_SECONDS = 900  # a slot a crashed web process never released frees itself after this

@@ -15,23 +15,17 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from chat.accounts.models import ApiKey
+from chat.api import image_parts
+from chat.api.requests import CompletionRequest, read_images
+from chat.conversations import actions, lifecycle, uploads
+from chat.conversations.models import Conversation, Message
 from chat.core import log_context
+from chat.core.api_errors import ApiError
+from chat.core.errors import ChatError
+from chat.core.worker_routing import HEARTBEAT_SECONDS, live_workers, queue_for
 from inference import prompt_check
 from inference.registry import ModelSpec
-from chat.core.worker_routing import HEARTBEAT_SECONDS, live_workers, queue_for
-
-from chat.conversations import actions
-
-from chat.conversations import answer_queue
-
-from chat.api import image_parts
-
-from chat.conversations import uploads
-from chat.api.errors import ApiError
-from chat.api.requests import CompletionRequest, read_images
-from chat.core.errors import ChatError
-from chat.accounts.models import ApiKey
-from chat.conversations.models import Conversation, Message
 
 
 def check_workers(spec: ModelSpec) -> None:
@@ -138,7 +132,7 @@ def _save(user: AbstractBaseUser, api_key: ApiKey | None, request: CompletionReq
         queue = queue_for(spec.celery_queue, conversation.id)
         # The request id travels in the message headers, so the worker's log lines carry it too.
         headers = log_context.task_headers()
-        transaction.on_commit(lambda: answer_queue.enqueue(answer.id, queue, headers))
+        transaction.on_commit(lambda: lifecycle.enqueue(answer.id, queue, headers))
     return answer
 
 

@@ -18,10 +18,10 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils.translation import gettext as _
 
 from chat.conversations import uploads
-from chat.core.errors import ChatError
-from chat.images.validation import ValidatedImage
 from chat.conversations.models import Attachment
+from chat.core.errors import ChatError
 from chat.images.remote import FetchPolicy, RemoteImageRefused, fetch_image_bytes
+from chat.images.validation import ValidatedImage
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
                       re.IGNORECASE)

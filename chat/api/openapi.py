@@ -9,9 +9,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from inference.registry import all_models
-
 from chat.api.requests import MAX_MESSAGES, MAX_STOP, MAX_STOP_CHARS, MAX_USER_CHARS
+from chat.core.served_models import all_models
 
 SCHEMAS_FILE = Path(__file__).with_name("openai_chat_schemas.json")
 ERROR_STATUSES = {

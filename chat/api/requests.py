@@ -13,12 +13,12 @@ from typing import Any
 
 from django.conf import settings
 
-from inference.registry import ModelSpec, UnknownModel, get_model
-
 from chat.api import image_parts
-from chat.api.errors import ApiError
+from chat.core.api_errors import ApiError
 from chat.core.errors import ChatError
+from chat.core.served_models import get_model
 from chat.images.validation import ValidatedImage
+from inference.registry import ModelSpec, UnknownModel
 
 ROLES = ("system", "user", "assistant", "developer")  # "developer" is OpenAI's newer name for system
 MAX_MESSAGES = 2000

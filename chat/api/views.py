@@ -17,25 +17,19 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from chat.core import log_context
-from inference.registry import all_models
-
-from chat.conversations import actions
-
 from chat.accounts import api_keys
-
 from chat.accounts import usage as api_usage
-
-from chat.audit import log as audit
-
-from chat.conversations import outage
 from chat.api.completions import do_start_completion
-from chat.api.errors import ApiError
+from chat.api.openapi import openapi_document
 from chat.api.requests import CompletionRequest, parse_body, parse_request
 from chat.api.stream import AnswerFollower, Finished, QueueTimeout, Text, Tick
-from chat.core.errors import ChatError
+from chat.audit import log as audit
+from chat.conversations import actions
 from chat.conversations.models import Message
-from chat.api.openapi import openapi_document
+from chat.core import log_context, outage
+from chat.core.api_errors import ApiError
+from chat.core.errors import ChatError
+from chat.core.served_models import all_models
 
 log = logging.getLogger(__name__)
 FINISH_REASONS = ("stop", "length", "content_filter")

@@ -20,9 +20,8 @@ from django.db import connection, transaction
 from django.db.models.signals import post_save
 from django.utils import timezone
 
-from chat.core.metrics import audit_write_failed
-
 from chat.audit.models import ZERO_HASH, AuditCheckpoint, AuditEvent, AuditImmutable
+from chat.core.metrics import audit_write_failed
 
 __all__ = [
     "AuditImmutable", "ChainReport", "BEAT_SCHEDULE", "arecord", "canonical", "client_ip", "event_hash", "failures",

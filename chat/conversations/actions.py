@@ -18,31 +18,21 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
-from chat.core import log_context
-from chat.core.metrics import moderation_blocked
-from inference.prompt_check import message_tokens, room_for_prompt
-from inference.registry import ModelSpec, UnknownModel, default_model, get_model
-from chat.core.worker_routing import queue_for
-
-from chat.conversations import answer_queue
-
 from chat.audit import log as audit
-
-from chat.conversations import liveness
-
-from chat.conversations import message_limits
-
-from chat.moderation import rules as moderation
-
-from chat.conversations import threads
-
-from chat.conversations import uploads
-from chat.core.errors import ChatError
+from chat.conversations import lifecycle, liveness, message_limits, threads, uploads
 from chat.conversations.models import Conversation, Message
+from chat.core import log_context
+from chat.core.errors import ChatError
+from chat.core.metrics import moderation_blocked
+from chat.core.served_models import default_model, get_model
+from chat.core.worker_routing import queue_for
+from chat.moderation import rules as moderation
+from inference.prompt_check import message_tokens, room_for_prompt
+from inference.registry import ModelSpec, UnknownModel
 
 log = logging.getLogger(__name__)
 
-GENERATE_TASK = answer_queue.GENERATE_TASK
+GENERATE_TASK = lifecycle.GENERATE_TASK
 TITLE_CHARS = 60  # an automatic title: the first message's first characters
 TITLE_MAX = 200  # a title the user gives (Conversation.title's length)
 SEARCH_MAX = 200
@@ -330,7 +320,7 @@ def _announce_and_enqueue(sent: SentMessage, queue: str, announce: Callable[[Sen
     target = queue_for(queue, answer.conversation_id)
     log.info("queueing answer %s on %s", answer.id, target)
     # The request id travels in the message headers, so the worker's log lines carry it too.
-    answer_queue.enqueue(answer.id, target, log_context.task_headers())
+    lifecycle.enqueue(answer.id, target, log_context.task_headers())
 
 
 def _title_from(content: str) -> str:

@@ -10,7 +10,6 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
 from chat.audit import log as audit
-
 from chat.conversations import uploads
 from chat.core.errors import ChatError
 

@@ -48,8 +48,7 @@ class BodyLimitMiddleware:
             return None
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
-        from chat.conversations import attachment_views
-        from chat.conversations import views
+        from chat.conversations import attachment_views, views
 
         refuse = {"upload_attachment": attachment_views.refuse_oversized,
                   "import_conversation": views.refuse_oversized_import}[match.url_name]

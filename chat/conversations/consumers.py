@@ -13,18 +13,11 @@ from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext as _
 
-from chat.core import log_context
-
-from chat.conversations import actions
-
-from chat.conversations import events
-
-from chat.conversations import liveness
-
-from chat.conversations import outage
+from chat.conversations import actions, events, liveness
 from chat.conversations.actions import ChatError
 from chat.conversations.frames import done_frame, error_frame, group_name, message_frame
 from chat.conversations.socket_catchup import CatchUp
+from chat.core import log_context, outage
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,10 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from inference.registry import all_models, default_model
-
 from chat.conversations import threads
 from chat.conversations.actions import ChatError, branch_messages, check_title
 from chat.conversations.models import Conversation, Message
+from chat.core.served_models import all_models, default_model
 
 EXPORT_FORMAT = "deepseek-web.conversation"
 EXPORT_VERSION = 1

@@ -7,9 +7,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
-from inference.registry import all_models
-
 from chat.conversations.models import Conversation
+from chat.core.served_models import all_models
 
 SYSTEM_PROMPT_MAX = 4000
 

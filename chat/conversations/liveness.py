@@ -6,7 +6,7 @@
   conversation nobody has watched for ABANDONED_AFTER_SECONDS cancels the answer.
 - Writing: each worker process keeps a short-lived key per answer it is writing alive; an answer
   left `streaming` without one (its worker was killed) is failed by the sweep (chat/replies.py).
-  (Queued answers have a key of their own: chat/answer_queue.py.)
+  (Queued answers have a key of their own: chat/conversations/lifecycle.py.)
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def writers(message_ids: list[object]) -> dict[str, str | None]:
 
 class WritingBeacon:
     """A worker process's thread: refreshes the writing keys of its answers every few seconds and
-    runs `sweep` (chat.conversations.answer_queue.sweep: answers whose worker died, whose task was lost, or that
+    runs `sweep` (chat.conversations.lifecycle.sweep: answers whose worker died, whose task was lost, or that
     waited too long) at start and every SWEEP_SECONDS."""
 
     BEAT_SECONDS = 5.0

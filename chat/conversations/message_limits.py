@@ -16,10 +16,9 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils.translation import gettext as _
 
-from chat.core.redis_server import shared_client
-
-from chat.core.errors import ChatError
 from chat.conversations.models import Conversation, Message
+from chat.core.errors import ChatError
+from chat.core.redis_server import shared_client
 
 log = logging.getLogger(__name__)
 RATE_WINDOW_SECONDS = 60

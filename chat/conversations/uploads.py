@@ -20,9 +20,9 @@ from django.dispatch import receiver
 from django.urls import reverse
 from django.utils.translation import gettext as _
 
+from chat.conversations.models import Attachment
 from chat.core.errors import ChatError
 from chat.images.validation import ImageLimits, ImageRejected, ValidatedImage, validate_image
-from chat.conversations.models import Attachment
 
 log = logging.getLogger(__name__)
 

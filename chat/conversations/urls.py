@@ -2,10 +2,7 @@
 from django.urls import path, re_path
 
 from chat.accounts import key_views as api_key_views
-
-from chat.conversations import attachment_views
-
-from chat.conversations import views
+from chat.conversations import attachment_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),

@@ -15,22 +15,15 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from inference.registry import all_models, default_model
-
-from chat.conversations import actions
-
-from chat.audit import log as audit
-
-from chat.conversations import exports
-
 from chat.accounts import signups
-
-from chat.conversations import threads
+from chat.audit import log as audit
+from chat.conversations import actions, exports, threads
 from chat.conversations.actions import ChatError
 from chat.conversations.forms import ConversationSettingsForm
 from chat.conversations.frames import message_frame
 from chat.conversations.models import Conversation
-from chat.conversations.ui_strings import ui_strings
+from chat.core.served_models import all_models, default_model
+from chat.core.ui_strings import ui_strings
 
 SIDEBAR_LIMIT = 200
 

@@ -23,7 +23,7 @@ from django.conf import settings
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
-from chat.core.metrics import REGISTRY
+from chat.core.metrics_registry import REGISTRY
 
 log = logging.getLogger(__name__)
 PUSH_SECONDS = 5.0

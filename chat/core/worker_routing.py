@@ -52,7 +52,7 @@ def queue_for(queue: str, conversation_id: object) -> str:
     return private_queue(queue, max(workers, key=score))
 
 
-def rescue_orphans(client: redis.Redis, queue: str, now: float | None = None) -> int:
+def requeue_from_silent_workers(client: redis.Redis, queue: str, now: float | None = None) -> int:
     """Move tasks waiting on the private queues of workers gone silent back to the shared queue
     (any live worker takes them), and forget those workers. Returns how many tasks moved."""
     now = time.time() if now is None else now
@@ -89,7 +89,7 @@ class Heartbeat:
             now = time.time()
             for queue in self.queues:
                 client.zadd(_key(queue), {self.hostname: now})
-                rescue_orphans(client, queue, now)
+                requeue_from_silent_workers(client, queue, now)
         except redis.RedisError:
             log.warning("heartbeat to Redis failed", exc_info=True)
 

@@ -16,8 +16,10 @@ from typing import Any
 
 from django.conf import settings
 
-from chat.devtools.resilience.stack import database_url
+from chat.accounts import api_keys
+from chat.conversations.models import Conversation
 from chat.core.redis_server import ensure_redis, free_port
+from chat.devtools.resilience.stack import database_url
 from inference.engine import Engine, GenerationStats, SamplingParams
 
 # Greedy decoding of the demo model writes text from the first token for this prompt (for some
@@ -161,8 +163,6 @@ def socket_bench(model_entry: dict[str, Any], runs: int, concurrency: int) -> di
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    from chat.accounts import api_keys
-    from chat.conversations.models import Conversation
 
     redis = ensure_redis(settings.REDIS_URL)
     port = free_port()

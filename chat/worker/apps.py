@@ -9,4 +9,8 @@ class WorkerConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from chat.worker import tasks  # noqa: F401  (registers the Celery tasks)
+        # The engine's metrics show beside the answers' wherever this process shares its registry.
+        from chat.core.metrics_registry import REGISTRY
+        from inference import metrics
+
+        REGISTRY.register(metrics.REGISTRY)

@@ -5,7 +5,6 @@ text (and its seq) was saved, so a client that reads the row after subscribing m
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import threading
 import time
@@ -16,22 +15,14 @@ from celery import current_task
 from django.conf import settings
 from django.utils import timezone
 
-from chat.core import log_context
-from chat.core.metrics import StreamMetrics, moderation_blocked
-
 from chat.accounts import usage as api_usage
-
 from chat.audit import log as audit
-
-from chat.conversations import events
-
-from chat.conversations import liveness
-
-from chat.moderation import rules as moderation
-
-from chat.conversations import threads
+from chat.conversations import events, lifecycle, liveness, threads
 from chat.conversations.frames import delta_frame, done_frame, error_frame, message_frame
 from chat.conversations.models import Attachment, Message
+from chat.core import log_context
+from chat.core.metrics import StreamMetrics, moderation_blocked
+from chat.moderation import rules as moderation
 from chat.moderation.rules import ALLOWED, Verdict
 
 log = logging.getLogger(__name__)
@@ -62,10 +53,7 @@ class ReplyJob:
 
 def claim(message_id: str) -> ReplyJob | None:
     """Take a pending answer (pending → streaming). None if it is gone, taken, or finished."""
-    claimed = Message.objects.filter(id=message_id, status=Message.Status.PENDING).update(
-        status=Message.Status.STREAMING, updated_at=timezone.now()
-    )
-    if claimed != 1:
+    if not lifecycle.claim_row(message_id):
         log.info("answer %s was not pending (deleted, cancelled or taken); skipping", message_id)
         return None
     answer = Message.objects.select_related("conversation").get(id=message_id)
@@ -88,49 +76,6 @@ def claim(message_id: str) -> ReplyJob | None:
     return ReplyJob(str(answer.id), str(conversation.id), conversation.model, history,
                     conversation.temperature, conversation.top_p, conversation.max_tokens, conversation.user_id,
                     stop=list(conversation.stop or []), seed=conversation.seed, source=conversation.source)
-
-
-ORPHAN_ERROR = "The worker writing this answer stopped; the partial answer was kept. Regenerate to try again."
-
-
-def fail_orphaned_answers(now: float | None = None) -> int:
-    """Fail the answers left `streaming` by a worker that died (killed, out of memory, host lost),
-    keeping their partial text, so no page or API client waits forever and the user can
-    regenerate. An answer counts as orphaned when no live worker refreshes its writing key and
-    its row has not changed for the key's lifetime. A redelivered task finds the row failed and
-    skips it (claim() takes pending rows only), so no text is ever written twice."""
-    stale_before = timezone.now() - datetime.timedelta(seconds=liveness.WRITING_TTL_SECONDS)
-    candidates = list(Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=stale_before)
-                      .values_list("id", "conversation_id"))
-    if not candidates:
-        return 0
-    try:
-        holders = liveness.writers([mid for mid, _ in candidates])
-    except Exception:  # Redis cannot say who is alive: fail nothing
-        log.warning("orphan sweep skipped: Redis unavailable", exc_info=True)
-        return 0
-    failed = 0
-    for message_id, conversation_id in candidates:
-        if holders.get(str(message_id)):
-            continue
-        done = Message.objects.filter(id=message_id, status=Message.Status.STREAMING,
-                                      updated_at__lt=stale_before).update(
-            status=Message.Status.FAILED, finish_reason="error", error=ORPHAN_ERROR, stop_requested=False,
-            updated_at=timezone.now())
-        if not done:
-            continue
-        failed += 1
-        log.warning("answer %s was left streaming by a worker that stopped; failed it", message_id)
-        announce_failure(message_id, conversation_id, ORPHAN_ERROR)
-    return failed
-
-
-def announce_failure(message_id: object, conversation_id: object, error: str) -> None:
-    """Tell a conversation's open pages and API streams that a sweep failed one of its answers."""
-    message = Message.objects.get(id=message_id)
-    events.publish(conversation_id, error_frame("generation_failed", error, message_id=message_id))
-    events.publish(conversation_id, message_frame(message))
-    events.publish(conversation_id, done_frame(message))
 
 
 def _user(user_id: int | None) -> Any:

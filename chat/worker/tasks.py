@@ -3,23 +3,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
 
+from chat.conversations import lifecycle
+from chat.conversations.liveness import WritingBeacon
 from chat.core import log_context
-
+from chat.core.metrics_snapshots import ensure_pushing, stop_pushing
+from chat.core.served_models import all_models, get_model
+from chat.core.worker_routing import Heartbeat, private_queue
+from chat.worker.replies import ReplyJob, ReplyWriter, claim
 from inference.batching import BatchConfig
 from inference.engine import Delta, Engine, GenerationStats, PromptTooLong, SamplingParams
 from inference.loading import ModelCache, ModelLoadError
-from chat.core.metrics_snapshots import ensure_pushing, stop_pushing
-from inference.registry import ModelSpec, UnknownModel, all_models, get_model
-from chat.core.worker_routing import Heartbeat, private_queue
+from inference.registry import ModelSpec, UnknownModel
 from inference.upstream import UpstreamEngine, UpstreamError
-
-if TYPE_CHECKING:
-    from chat.worker.replies import ReplyJob, ReplyWriter
 
 log = logging.getLogger(__name__)
 _models = ModelCache()
@@ -39,8 +39,6 @@ def engine_for(spec: ModelSpec) -> Engine | UpstreamEngine:
 
 
 def batch_config() -> BatchConfig | None:
-    from django.conf import settings
-
     if not settings.ENGINE_BATCHING:
         return None
     return BatchConfig(page_size=settings.ENGINE_KV_PAGE_SIZE, num_blocks=settings.ENGINE_KV_BLOCKS,
@@ -62,7 +60,6 @@ def sampling_params(spec: ModelSpec, job: ReplyJob) -> SamplingParams:
 @shared_task(name="inference.tasks.generate", ignore_result=True)
 def generate(message_id: str) -> None:
     """Write the answer for one pending assistant message, streaming it to the conversation."""
-    from chat.worker.replies import ReplyWriter, claim
 
     # The request id came in the task's headers (chat.core.log_context sets it before each task).
     log_context.bind(message_id=message_id)
@@ -150,12 +147,9 @@ def join_models(sender=None, **kwargs) -> None:
         sender.add_task_queue(private_queue(queue, sender.hostname))
     if mine:
         _heartbeats.append(Heartbeat(sender.hostname, mine).start())
-        from chat.conversations.answer_queue import sweep
-        from chat.conversations.liveness import WritingBeacon
-
         # Answers left streaming by a worker that died are failed (their text kept) by the survivors;
         # answers whose queued task Redis lost are queued again, and those never taken fail in time.
-        _heartbeats.append(WritingBeacon(sender.hostname, sweep).start())
+        _heartbeats.append(WritingBeacon(sender.hostname, lifecycle.sweep).start())
 
 
 @worker_shutdown.connect

@@ -18,8 +18,8 @@ from django.test import Client
 
 from chat.accounts import api_keys
 from chat.conversations.models import Conversation, Message
+from chat.core.redis_server import shared_client
 from chat.core.worker_routing import live_workers, private_queue, queue_for
-
 from chat.devtools.resilience.clients import Answer, SocketChat, api_stream
 from chat.devtools.resilience.stack import LoopbackStack
 
@@ -293,7 +293,6 @@ async def redis_restarted(stack: LoopbackStack, mode: Mode, people: People) -> O
     # broker that vanished (kombu's "'NoneType' object has no attribute 'hostname'" while it closes the
     # dead connection); a supervisor restarts such a worker (its container's ping health check fails),
     # as the stack does here, so the scenarios after this one run on live workers.
-    from chat.core.redis_server import shared_client
 
     def back() -> set[str]:
         return set(live_workers(stack.queue, shared_client(stack.redis.url)))
@@ -412,10 +411,10 @@ NOT_QUICK: set[Callable] = set()  # every scenario runs in the quick (CI) mode t
 # Database outages, fuzzing, the authorization matrix and abuse are exercised in-process by these
 # test files (`make test` runs them too); the full run includes their verdicts in its report.
 SUITE_FILES = {
-    "database unavailable": ["tests/test_outage.py"],
-    "fuzzing": ["tests/test_api_fuzz.py", "tests/test_socket_fuzz.py", "tests/test_upload_corpus.py"],
-    "authorization matrix": ["tests/test_authorization_matrix.py"],
-    "abuse": ["tests/test_abuse.py", "tests/test_login_throttle.py", "tests/test_message_limits.py"],
+    "database unavailable": ["tests/app/test_outage.py"],
+    "fuzzing": ["tests/integration/test_api_fuzz.py", "tests/app/test_socket_fuzz.py", "tests/app/test_upload_corpus.py"],
+    "authorization matrix": ["tests/app/test_authorization_matrix.py"],
+    "abuse": ["tests/app/test_abuse.py", "tests/app/test_login_throttle.py", "tests/app/test_message_limits.py"],
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
-from chat.core.redis_server import PrivateRedis, free_port
+from chat.core.redis_server import PrivateRedis, free_port, shared_client
 from chat.core.worker_routing import live_workers
 
 QUEUE_PREFIX = "model."
@@ -101,7 +101,6 @@ class LoopbackStack:
             start_new_session=True)
 
     def wait_worker(self, name: str, timeout: float = 120) -> None:
-        from chat.core.redis_server import shared_client
 
         deadline = time.monotonic() + timeout
         while f"{name}@resilience" not in live_workers(self.queue, shared_client(self.redis.url)):

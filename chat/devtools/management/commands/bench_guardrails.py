@@ -8,7 +8,6 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from chat.audit import log as audit
-
 from chat.moderation import rules as moderation
 
 PROMPT = ("Please summarise the attached meeting notes and list the action items for each person. "

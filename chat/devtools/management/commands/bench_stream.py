@@ -13,11 +13,12 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from chat.core.served_models import default_model
 from chat.devtools.stack_bench import PROMPT, engine_bench, engine_concurrent, socket_bench
 from inference.batching import BatchConfig
 from inference.engine import Engine
 from inference.loading import load_model
-from inference.registry import default_model, parse_models
+from inference.registry import parse_models
 
 
 class Command(BaseCommand):

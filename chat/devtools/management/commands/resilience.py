@@ -18,7 +18,16 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from chat.devtools.resilience.scenarios import FULL, NOT_QUICK, QUICK, SCENARIOS, SUITE_FILES, Outcome, People, run_suite
+from chat.devtools.resilience.scenarios import (
+    FULL,
+    NOT_QUICK,
+    QUICK,
+    SCENARIOS,
+    SUITE_FILES,
+    Outcome,
+    People,
+    run_suite,
+)
 from chat.devtools.resilience.stack import LoopbackStack
 
 MODEL_MAX_NEW_TOKENS = 1900

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test bench lint clean
+.PHONY: run test test-fast test-postgres bench lint clean
 
 # System packages a bare Debian lacks: venv support (and Chromium for the browser tests).
 $(BIN)/python:
@@ -29,14 +29,29 @@ run: $(STAMP)
 /usr/bin/docker-compose:
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends docker-compose
 
-test: $(STAMP) /usr/bin/chromium /usr/bin/docker-compose
-	$(BIN)/python -m pytest
+# GNU gettext: the tests extract the translatable strings (makemessages) and compile the zh-hans catalogue.
+/usr/bin/xgettext:
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends gettext
+
+# Every tier (tests/unit, app, integration, browser, system); the 25 slowest tests are listed at the end.
+test: $(STAMP) /usr/bin/chromium /usr/bin/docker-compose /usr/bin/xgettext
+	$(BIN)/python -m pytest --durations=25
+
+# While you work: the unit and app tiers, in parallel (no worker, no browser, no whole stacks).
+test-fast: $(STAMP) /usr/bin/xgettext
+	$(BIN)/python -m pytest tests/unit tests/app -m "not browser and not integration" -n 2 --durations=10
+
+# CI's second database: the tiers whose behaviour depends on it (the migration test covers both itself).
+test-postgres: $(STAMP)
+	$(BIN)/python -m pytest tests/app tests/integration -m "not browser" --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python manage.py bench_inference
 
+# Style, and the layers of DESIGN.md "Layout" (pyproject.toml [tool.importlinter]): no upward imports, no cycles.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) var/test-db.sqlite3*

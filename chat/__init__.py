@@ -1,1 +1,1 @@
-"""The chat app: conversations and messages, pages, the WebSocket consumer."""
+"""The product's Django apps, one per concern, in layers (DESIGN.md "Layout", enforced by import-linter)."""

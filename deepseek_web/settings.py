@@ -87,11 +87,11 @@ MIDDLEWARE = [
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     # Before CSRF, whose check parses a form body: uploads and imports past their cap are refused unread.
-    "chat.conversations.body_limits.BodyLimitMiddleware",
+    "chat.core.body_limits.BodyLimitMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "chat.conversations.middleware.AuditMiddleware",
+    "chat.audit.middleware.AuditMiddleware",
     "chat.conversations.middleware.ModerationMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -277,14 +277,15 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Must exceed the longest generation, or a still-running task is delivered a second time.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
 CELERY_TASK_DEFAULT_QUEUE = "default"
-# Periodic work (the run command's worker embeds the scheduler): audit retention, daily.
+# Periodic work (the run command's worker embeds the scheduler; docker runs `celery beat`): audit
+# retention and API history, daily. The one schedule: everything else reads it from here.
 CELERY_BEAT_SCHEDULE = {
     "prune-audit-events": {"task": "chat.audit.prune_audit_events", "schedule": 24 * 3600},
     "prune-api-history": {"task": "chat.api_completions.prune_api_history", "schedule": 24 * 3600},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
-# --- Audit log and moderation (chat/audit.py, chat/moderation.py).
+# --- Audit log and moderation (chat/audit/record.py, chat/moderation/moderator.py).
 AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 365, minimum=1)
 AUDIT_TRUSTED_PROXY_COUNT = env_int("AUDIT_TRUSTED_PROXY_COUNT", 0, minimum=0)
 MODERATION_ENABLED = env_bool("MODERATION_ENABLED", True)
@@ -329,7 +330,7 @@ STREAM_FLUSH_SECONDS = env_float("STREAM_FLUSH_SECONDS", 0.05, minimum=0.0)
 ABANDONED_AFTER_SECONDS = env_float("ABANDONED_AFTER_SECONDS", 60.0, minimum=0.1)
 # Socket frames a client may send in a burst, and how many per second refill the burst.
 # Per user, across tabs and conversations (0 = no limit): answers being written at once, and chat
-# messages (sends and regenerations) per minute (chat/message_limits.py).
+# messages (sends and regenerations) per minute (chat/conversations/message_limits.py).
 CHAT_ACTIVE_ANSWERS_PER_USER = env_int("CHAT_ACTIVE_ANSWERS_PER_USER", 4, minimum=0)
 CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20, minimum=0)
 SOCKET_FRAME_BURST = env_int("SOCKET_FRAME_BURST", 20, minimum=1)
@@ -368,7 +369,7 @@ def _networks(name: str, default: list[str]) -> list[str]:
 METRICS_ALLOWED_NETWORKS = _networks("METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"])
 
 # `plain` reads well in a terminal (make run); `json` is one object per line for log collectors.
-# Either way every record carries the request id of the message it is about (deepseek_web/log_context.py).
+# Either way every record carries the request id of the message it is about (chat/core/log_context.py).
 LOG_FORMAT = env_choice("LOG_FORMAT", "plain", ("plain", "json"))
 LOGGING = {
     "version": 1,

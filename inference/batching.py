@@ -20,8 +20,9 @@ from inference.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
-# Per-request temperature 0 (greedy) is emulated by a tiny temperature: the softmax becomes
-# one-hot on the argmax, so the shared sampler picks it.
+# A temperature below this samples greedily, solo or batched: the engine's solo sampler takes the argmax
+# instead (logits divided by a tinier one overflow), and the batch, whose shared sampler has no greedy
+# mode, gets this one for a temperature of 0 (the softmax becomes one-hot on the argmax).
 GREEDY_TEMPERATURE = 1e-4
 
 

@@ -12,19 +12,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from inference import metrics
-from inference.batching import BatchConfig, BatchRunner
+from inference.batching import GREEDY_TEMPERATURE, BatchConfig, BatchRunner
 from inference.detokenizer import IncrementalDetokenizer
-from inference.errors import PromptTooLong
+from inference.errors import PromptTooLong  # noqa: F401 (callers catch it from here)
 from inference.loading import LoadedModel
 from inference.registry import ModelSpec
-from inference.turns import TurnCache
+from inference.turns import TurnCache, fit_newest_turns
 from inference.vision import encode_with_images
 
 log = logging.getLogger(__name__)
 
 THINK_END = "</think>"
-# Below this a temperature is greedy decoding in all but name (and logits divided by it overflow).
-MIN_TEMPERATURE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -176,19 +174,10 @@ class Engine:
         self.turns.put(conversation, full, prompt_ids + answer_ids + closing)
 
     def _encode_fitting(self, history: list[dict[str, str]], budget: int, max_new_tokens: int) -> list[int]:
-        system = [m for m in history if m["role"] == "system"]
-        turns = [m for m in history if m["role"] != "system"]
-        while turns:
-            ids = self._render(system + turns)
-            if len(ids) <= budget:
-                return ids
-            # Drop the oldest turn; never start the kept history with an assistant turn.
-            turns = turns[1:]
-            while turns and turns[0]["role"] == "assistant":
-                turns = turns[1:]
-        raise PromptTooLong(
+        return fit_newest_turns(
+            history, budget, self._render,
             f"The message does not fit the model's context of {self.spec.max_context} tokens "
-            f"with room for a {max_new_tokens}-token answer."
+            f"with room for a {max_new_tokens}-token answer.",
         )
 
     # -- generation -----------------------------------------------------------------------
@@ -238,7 +227,7 @@ class Engine:
         Requests go through the shared batch unless they carry a seed (a shared sampler cannot
         honour per-request seeds). The caller stops generation by closing the iterator.
         """
-        if 0 < params.temperature < MIN_TEMPERATURE:
+        if 0 < params.temperature < GREEDY_TEMPERATURE:
             params = replace(params, temperature=0.0)  # logits / 1e-300 overflow to inf: sample greedily
         stats.prompt_tokens = len(prompt_ids)
         metrics.record_prompt(self.spec.name, len(prompt_ids))  # with the reused count: the KV hit ratio

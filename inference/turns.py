@@ -1,5 +1,6 @@
-"""Per-conversation token ids of the last turn, so the next turn extends them instead of
-re-rendering the template over the history (which would not reproduce the ids the model saw).
+"""Conversation turns for the engine: the oldest dropped until a prompt fits the context, and
+per-conversation token ids of the last turn, so the next turn extends them instead of re-rendering
+the template over the history (which would not reproduce the ids the model saw).
 
 Only ids live here; their KV state lives in the batching engine's paged cache, which shares
 blocks by content, so a prompt that starts with these ids skips recomputing them.
@@ -10,7 +11,30 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from inference.errors import PromptTooLong
+
+Prompt = TypeVar("Prompt", bound=Sized)
+
+
+def fit_newest_turns(history: list[dict[str, Any]], budget: int, encode: Callable[[list[dict[str, Any]]], Prompt],
+                     too_long: str) -> Prompt:
+    """`encode(messages)` for the system messages plus as many of the newest turns as fit `budget`
+    tokens (its result's length): the oldest turn goes first, and the kept turns never start with an
+    assistant's. PromptTooLong(too_long) when even the newest message alone does not fit."""
+    system = [m for m in history if m["role"] == "system"]
+    turns = [m for m in history if m["role"] != "system"]
+    while turns:
+        prompt = encode(system + turns)
+        if len(prompt) <= budget:
+            return prompt
+        turns = turns[1:]
+        while turns and turns[0]["role"] == "assistant":
+            turns = turns[1:]
+    raise PromptTooLong(too_long)
 
 
 def fingerprint(history: list[dict[str, str]]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from inference.errors import PromptTooLong
+from inference.turns import fit_newest_turns
 
 # Module names kept in full precision when a vision model is quantized: the vision tower and
 # its projector are small and sensitive, and the output head decides every token. transformers
@@ -43,22 +43,17 @@ def encode_with_images(
 ) -> VisionPrompt:
     """Render the history (oldest turns dropped until it fits `budget` tokens) and process its images."""
 
-    system = [m for m in history if m["role"] == "system"]
-    turns = [m for m in history if m["role"] != "system"]
-    while turns:
-        messages = system + turns
+    def encode(messages: list[dict[str, Any]]) -> VisionPrompt:
         text = processor.apply_chat_template(
             [_parts(m) for m in messages], tokenize=False, add_generation_prompt=True, enable_thinking=thinking
         )
         images = _decode([raw for m in messages for raw in m.get("images") or []])
         inputs = processor(images=images or None, text=text, return_tensors="pt")
-        ids = inputs.pop("input_ids")[0].tolist()
-        if len(ids) <= budget:
-            prompt = VisionPrompt(ids)
-            inputs.pop("attention_mask", None)
-            prompt.model_inputs = dict(inputs)
-            return prompt
-        turns = turns[1:]  # the oldest turn goes, with its images
-        while turns and turns[0]["role"] == "assistant":
-            turns = turns[1:]
-    raise PromptTooLong("The message and its images do not fit the model's context with room for an answer.")
+        prompt = VisionPrompt(inputs.pop("input_ids")[0].tolist())
+        inputs.pop("attention_mask", None)
+        prompt.model_inputs = dict(inputs)
+        return prompt
+
+    # A dropped turn goes with its images.
+    return fit_newest_turns(history, budget, encode,
+                            "The message and its images do not fit the model's context with room for an answer.")

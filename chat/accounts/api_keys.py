@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from chat.accounts.models import ApiKey
-from chat.audit import log as audit
+from chat.audit import record as audit
 from chat.core.errors import ChatError
 
 KEY_PREFIX = "sk-"

@@ -13,12 +13,12 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.utils.translation import ngettext
 
-from chat.audit import log as audit
+from chat.core import request_meta
 
 
 def client_ip(request: HttpRequest) -> str | None:
     """The address axes counts failures by: the one the audit log records (AUDIT_TRUSTED_PROXY_COUNT)."""
-    return audit.client_ip(request.META)
+    return request_meta.client_ip(request.META)
 
 
 def seconds_left(request: HttpRequest, username: str) -> int:

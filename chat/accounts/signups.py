@@ -2,23 +2,21 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import redis
 from django.conf import settings
 from django.http import HttpRequest
 
-from chat.audit import log as audit
-from chat.core.redis_server import shared_client
+from chat.core import rate_windows, request_meta
 
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 3600
 KEY_PREFIX = "deepseek:signups:"
 
 
-def _key(request: HttpRequest, window: int) -> str:
+def _key(request: HttpRequest) -> str:
     # The audit log's address: behind trusted proxies, the client's, not the proxy's.
-    return f"{KEY_PREFIX}{audit.client_ip(request.META) or 'unknown'}:{window}"
+    return f"{KEY_PREFIX}{request_meta.client_ip(request.META) or 'unknown'}"
 
 
 def take_signup(request: HttpRequest) -> int | None:
@@ -28,18 +26,9 @@ def take_signup(request: HttpRequest) -> int | None:
     limit = settings.SIGNUPS_PER_IP_PER_HOUR
     if limit <= 0:
         return None
-    now = time.time()
-    window = int(now // WINDOW_SECONDS)
-    key = _key(request, window)
     try:
-        pipe = shared_client(settings.REDIS_URL).pipeline()
-        pipe.incr(key)
-        pipe.expire(key, WINDOW_SECONDS + 60)
-        count = pipe.execute()[0]
+        return rate_windows.hit(_key(request), limit, WINDOW_SECONDS)
     except redis.RedisError as exc:
         # Without Redis the site cannot chat anyway; refusing sign-ups too would help nobody.
         log.warning("sign-up limit not checked (Redis unavailable): %s", exc)
         return None
-    if count <= limit:
-        return None
-    return max(1, int((window + 1) * WINDOW_SECONDS - now))

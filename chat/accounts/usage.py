@@ -20,7 +20,8 @@ from django.db.models import F
 from django.utils.translation import gettext as _
 
 from chat.accounts.models import ApiUsage
-from chat.core.redis_server import shared_client
+from chat.core import rate_windows
+from chat.core.redis_server import client as _client
 
 log = logging.getLogger(__name__)
 SLOT_TTL_SECONDS = 900  # a slot a crashed web process never released frees itself after this
@@ -85,10 +86,6 @@ def record_tokens(user_id: int, prompt_tokens: int, completion_tokens: int) -> N
         log.exception("could not record the API usage of user %s", user_id)
 
 
-def _client() -> redis.Redis:
-    return shared_client(settings.REDIS_URL)
-
-
 def _slots_key(user_id: int) -> str:
     return f"deepseek:api:inflight:{user_id}"
 
@@ -129,17 +126,12 @@ def admit(user_id: int, limits: Limits | None = None) -> Slot:
         client = _client()
         now = time.time()
         if limits.requests_per_minute:
-            window = int(now // RATE_WINDOW_SECONDS)
-            key = f"deepseek:api:rpm:{user_id}:{RATE_WINDOW_SECONDS}:{window}"
-            pipe = client.pipeline()
-            pipe.incr(key)
-            pipe.expire(key, RATE_WINDOW_SECONDS * 2)
-            count = pipe.execute()[0]
-            if count > limits.requests_per_minute:
+            wait = rate_windows.hit(f"deepseek:api:rpm:{user_id}:{RATE_WINDOW_SECONDS}", limits.requests_per_minute,
+                                    RATE_WINDOW_SECONDS, client, now)
+            if wait is not None:
                 raise LimitExceeded(429, "rate_limit_exceeded",
                                     _("More than %(limit)d requests in a minute; wait and retry.")
-                                    % {"limit": limits.requests_per_minute},
-                                    max(1, math.ceil((window + 1) * RATE_WINDOW_SECONDS - now)))
+                                    % {"limit": limits.requests_per_minute}, wait)
         if limits.concurrent_requests:
             key = _slots_key(user_id)
             pipe = client.pipeline()

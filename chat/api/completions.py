@@ -12,19 +12,16 @@ from typing import Any
 import redis
 from celery import shared_task
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
 from django.utils import timezone
 
 from chat.accounts.models import ApiKey
 from chat.api import image_parts
 from chat.api.requests import CompletionRequest, read_images
-from chat.conversations import actions, lifecycle, uploads
+from chat.conversations import actions
 from chat.conversations.models import Conversation, Message
-from chat.core import log_context
 from chat.core.api_errors import ApiError
 from chat.core.errors import ChatError
-from chat.core.worker_routing import HEARTBEAT_SECONDS, live_workers, queue_for
-from inference import prompt_check
+from chat.core.worker_routing import HEARTBEAT_SECONDS, live_workers
 from inference.registry import ModelSpec
 
 
@@ -52,21 +49,16 @@ def check_moderation(user: AbstractBaseUser, request: CompletionRequest, http_re
             raise ApiError(400, exc.message, "content_filter", "messages") from None
 
 
-def _prompt_tokens(spec: ModelSpec, request: CompletionRequest) -> int | None:
-    history = [{"role": m.role, "content": m.content} for m in request.messages]
-    return prompt_check.chat_tokens(spec, history)
-
-
 def check_context(request: CompletionRequest) -> None:
     """The whole conversation must fit with room for the answer: an API client sent every message
     on purpose, so none is silently dropped (the chat pages drop the oldest turns instead)."""
     spec = request.spec
-    answer = request.max_tokens or spec.max_new_tokens
-    tokens = _prompt_tokens(spec, request)
-    if tokens is not None and tokens + answer > spec.max_context:
-        raise ApiError(400, f"This model's maximum context length is {spec.max_context} tokens. The messages "
-                            f"take {tokens} tokens and the answer may take {answer}.",
-                       "context_length_exceeded", "messages")
+    try:
+        actions.check_fits(spec, [{"role": m.role, "content": m.content} for m in request.messages], request.max_tokens)
+    except actions.PromptTooLong as exc:
+        raise ApiError(400, f"This model's maximum context length is {exc.max_context} tokens. The messages "
+                            f"take {exc.tokens} tokens and the answer may take {exc.answer_tokens}.",
+                       "context_length_exceeded", "messages") from None
 
 
 def _store_images(user: AbstractBaseUser, request: CompletionRequest) -> dict[int, list[Any]]:
@@ -109,31 +101,15 @@ def do_start_completion(user: AbstractBaseUser, api_key: ApiKey | None, request:
 
 def _save(user: AbstractBaseUser, api_key: ApiKey | None, request: CompletionRequest, conversation_id: uuid.UUID,
           images: dict[int, list[Any]]) -> Message:
-    spec = request.spec
-    with transaction.atomic():
-        now = timezone.now()
-        first_question = next(m.content for m in request.messages if m.role == "user")
-        conversation = Conversation.objects.create(
-            id=conversation_id, user=user, model=spec.name, source=Conversation.Source.API, api_key=api_key,
-            title=actions._title_from(first_question), temperature=request.temperature, top_p=request.top_p,
-            max_tokens=request.max_tokens, stop=request.stop, seed=request.seed, created_at=now, updated_at=now,
-        )
-        parent = None
-        for index, message in enumerate(request.messages, start=1):
-            parent = Message.objects.create(conversation=conversation, position=index, parent=parent,
-                                            role=message.role, content=message.content, created_at=now,
-                                            updated_at=now)
-            if images.get(index - 1):
-                uploads.attach(user, [a.id for a in images[index - 1]], parent.id)
-        answer = Message.objects.create(conversation=conversation, position=len(request.messages) + 1,
-                                        parent=parent, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
-                                        created_at=now, updated_at=now)
-        Conversation.objects.filter(id=conversation.id).update(current_leaf=answer)
-        queue = queue_for(spec.celery_queue, conversation.id)
-        # The request id travels in the message headers, so the worker's log lines carry it too.
-        headers = log_context.task_headers()
-        transaction.on_commit(lambda: lifecycle.enqueue(answer.id, queue, headers))
-    return answer
+    """The request as a hidden conversation (source "api", with its sampling settings) and a queued answer."""
+    conversation = Conversation(
+        id=conversation_id, user=user, model=request.spec.name, source=Conversation.Source.API, api_key=api_key,
+        temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens, stop=request.stop,
+        seed=request.seed,
+    )
+    turns = [actions.Turn(m.content, role=m.role, images=[a.id for a in images.get(index, ())])
+             for index, m in enumerate(request.messages)]
+    return actions.do_queue_answer(conversation, request.spec, None, turns).assistant_message
 
 
 def prune_api_history(older_than_days: int) -> int:
@@ -146,14 +122,14 @@ def prune_api_history(older_than_days: int) -> int:
         messages__status__in=Message.ACTIVE)
     count = 0
     for conversation in doomed.iterator():
-        conversation.delete()  # one by one: each attachment's file goes with its row (chat/uploads.py)
+        conversation.delete()  # one by one: each attachment's file goes with its row (chat/conversations/uploads.py)
         count += 1
     return count
 
 
 @shared_task(name="chat.api_completions.prune_api_history")
 def prune_api_history_task() -> int:
-    """The daily retention task (BEAT_SCHEDULE): keeps API_HISTORY_DAYS days of API requests."""
+    """The daily retention task (settings.CELERY_BEAT_SCHEDULE): keeps API_HISTORY_DAYS days of API requests."""
     from django.conf import settings
 
     return prune_api_history(settings.API_HISTORY_DAYS)

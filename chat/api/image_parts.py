@@ -1,9 +1,9 @@
 """OpenAI-style message content (text and `image_url` parts) → the text and the user's stored images.
 
 Used by the `/v1` API: `data:` URLs are decoded here, `http(s)` URLs fetched only when
-REMOTE_IMAGES_ENABLED (chat/remote_images.py), and every image then goes through the same
+REMOTE_IMAGES_ENABLED (chat/images/remote.py), and every image then goes through the same
 validation (validate_images, before anything else is checked or written) and storage (store_images)
-as an upload (chat/uploads.py).
+as an upload (chat/conversations/uploads.py).
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def _image_bytes(url: str) -> bytes:
 
 
 def validate_images(images: list[bytes]) -> list[ValidatedImage]:
-    """Each image checked and re-encoded as an upload is (chat/uploads.py), nothing stored yet: a bad
+    """Each image checked and re-encoded as an upload is (chat/conversations/uploads.py), nothing stored yet: a bad
     one is refused with its ChatError (not_an_image, too_large…) before any other check needs it."""
     return [uploads.validate_upload(raw) for raw in images]
 

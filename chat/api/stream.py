@@ -1,26 +1,20 @@
-"""Following one answer while a worker writes it, for an API response (streamed or not).
+"""One answer followed as text for an API response (streamed or not), on the socket's follower.
 
-Frames come from the conversation's channel-layer group, which delivers at most once: a gap in
-the seq numbers, or a quiet spell, is repaired from the Message row, which holds every delta
-published so far (chat/replies.py saves before it publishes). The follower also keeps the
-conversation "watched", so the worker does not cancel an answer nobody reads.
+chat/conversations/following.py subscribes, parses the frames and reads the row when they stop; here a
+gap in the seq numbers is repaired from the row at once (an API client cannot resume), and the text
+becomes what the response sends: Text, a keep-alive Tick, Finished, or a QueueTimeout.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 
-from chat.conversations import liveness
-from chat.conversations.frames import group_name
+from chat.conversations.following import Follower, Heard, parse
 from chat.conversations.models import Message
-
-POLL_SECONDS = 1.0  # after this long without a frame, read the row (a frame may have been lost)
 
 
 @dataclass
@@ -45,52 +39,33 @@ class Finished:
     error: str = ""  # the worker's error text when it failed
 
 
-def _message_id_of(frame: dict[str, Any]) -> Any:
-    if frame.get("type") == "message":
-        return (frame.get("message") or {}).get("id")
-    return frame.get("message_id")
-
-
 class AnswerFollower:
+    """One API response's answer, followed as text (chat/conversations/following.py): what the client has
+    been sent, and what it lacks."""
+
     def __init__(self, conversation_id: Any) -> None:
         self.conversation_id = conversation_id
+        self.follower = Follower(conversation_id)
         self.message_id: str | None = None
-        self.seq = 0
         self.sent_content = ""
         self.sent_reasoning = ""
         self.error = ""
-        self._channel: str | None = None
-        self._receiver: asyncio.Future | None = None
-        self._watching: asyncio.Task | None = None
 
     async def subscribe(self) -> None:
         """Join the group before the answer is queued, so no frame can come before we listen."""
-        self._layer = get_channel_layer()
-        self._channel = await self._layer.new_channel("api.")
-        await self._layer.group_add(group_name(self.conversation_id), self._channel)
-        self._watching = asyncio.create_task(liveness.keep_watching(self.conversation_id))
+        await self.follower.subscribe()
 
     def bind(self, message_id: Any) -> None:
         self.message_id = str(message_id)
+        self.follower.follow(self.message_id)
 
     async def close(self) -> None:
-        if self._watching is not None:
-            self._watching.cancel()
-        if self._receiver is not None:
-            self._receiver.cancel()  # the layer unsubscribes a channel whose receive is cancelled
-        if self._channel is not None:
-            try:
-                await self._layer.group_discard(group_name(self.conversation_id), self._channel)
-            except Exception:  # Redis gone: the subscription dies with the connection
-                pass
+        await self.follower.close()
 
-    # ---- repairs from the row ----------------------------------------------------------------
-    def _catch_up(self, content: str, reasoning: str, seq: int) -> Text | None:
-        """The text the client has not seen, from a snapshot at `seq` (text only ever grows; a
-        moderation cut empties it, and then nothing more is sent)."""
-        if seq <= self.seq:
-            return None
-        self.seq = seq
+    # ---- text the client lacks ----------------------------------------------------------------------
+    def _snapshot(self, content: str, reasoning: str) -> Text | None:
+        """The text past what was sent (text only ever grows; a moderation cut empties it, and then nothing
+        more is sent)."""
         new = Text()
         if content.startswith(self.sent_content):
             new.content, self.sent_content = content[len(self.sent_content):], content
@@ -98,77 +73,72 @@ class AnswerFollower:
             new.reasoning, self.sent_reasoning = reasoning[len(self.sent_reasoning):], reasoning
         return new if (new.content or new.reasoning) else None
 
-    @database_sync_to_async
-    def _row(self) -> Message | None:
-        return Message.objects.filter(id=self.message_id).first()
+    def _take(self, heard: Heard) -> Text | None:
+        """The text of the next delta, or of a snapshot newer than what was sent (a repeat adds nothing)."""
+        have = self.follower.seq_of(self.message_id)
+        text = None
+        if heard.kind == "delta" and heard.seq == have + 1:
+            self.sent_content += heard.content
+            self.sent_reasoning += heard.reasoning
+            text = Text(heard.content, heard.reasoning)
+        elif heard.kind == "message" and heard.seq > have:
+            text = self._snapshot(heard.content, heard.reasoning)
+        self.follower.heard(heard)
+        return text
 
-    async def _finish(self) -> AsyncIterator[Text | Finished]:
-        row = await self._row()
+    async def _row(self) -> Message | None:
+        return await database_sync_to_async(self.follower.row)(self.message_id)
+
+    async def _finish(self, row: Message | None) -> AsyncIterator[Text | Finished]:
         if row is not None:
-            missing = self._catch_up(row.content, row.reasoning, max(row.seq, self.seq + 1))
+            missing = self._snapshot(row.content, row.reasoning)  # the end's text, whatever its seq
             if missing:
                 yield missing
         yield Finished(row, self.error or (row.error if row is not None else ""))
 
     # ---- the stream -----------------------------------------------------------------------------
-    async def _next_frame(self, timeout: float) -> dict[str, Any] | None:
-        if self._receiver is None:
-            self._receiver = asyncio.ensure_future(self._layer.receive(self._channel))
-        # Not wait_for: cancelling a pending receive would unsubscribe the channel.
-        done, _ = await asyncio.wait({self._receiver}, timeout=timeout)
-        if not done:
-            return None
-        event, self._receiver = self._receiver.result(), None
-        return event.get("frame") if isinstance(event, dict) else None
-
     async def events(self, keepalive_seconds: float,
                      queue_timeout: float) -> AsyncIterator[Text | Tick | Finished | QueueTimeout]:
         """Text as it comes, a Tick every `keepalive_seconds` of silence, and one Finished (or a
         QueueTimeout when no worker took the answer within `queue_timeout` seconds)."""
         started = last_sign = time.monotonic()
         while True:
-            frame = await self._next_frame(min(POLL_SECONDS, keepalive_seconds))
-            if frame is None:
-                row = await self._row()
-                if row is None or not row.is_active:
-                    async for item in self._finish():
-                        yield item
-                    return
-                if row.status == Message.Status.PENDING and time.monotonic() - started > queue_timeout:
-                    yield QueueTimeout()
-                    return
-                missing = self._catch_up(row.content, row.reasoning, row.seq)
-                if missing:
-                    last_sign = time.monotonic()
-                    yield missing
-                elif time.monotonic() - last_sign >= keepalive_seconds:
+            frame = await self.follower.next_frame(min(self.follower.quiet_seconds, keepalive_seconds))
+            if frame is not None:
+                heard = parse(frame)
+                if heard is None or heard.message_id != self.message_id:
+                    continue
+                if heard.kind == "error":
+                    self.error = heard.error
+                    continue
+                if heard.kind != "delta" or heard.seq <= self.follower.seq_of(self.message_id) + 1:
+                    text = self._take(heard)
+                    if text:
+                        last_sign = time.monotonic()
+                        yield text
+                    if not heard.active:  # its final message, or done
+                        async for item in self._finish(await self._row()):
+                            yield item
+                        return
+                    continue
+                # A gap in the seq numbers: frames were lost, and the row has their text.
+            elif not self.follower.quiet():
+                if time.monotonic() - last_sign >= keepalive_seconds:
                     last_sign = time.monotonic()
                     yield Tick()
                 continue
-            if _message_id_of(frame) != self.message_id:
-                continue
-            kind = frame.get("type")
-            if kind == "delta":
-                if frame["seq"] == self.seq + 1:
-                    self.seq = frame["seq"]
-                    self.sent_content += frame["content"]
-                    self.sent_reasoning += frame["reasoning"]
-                    last_sign = time.monotonic()
-                    yield Text(frame["content"], frame["reasoning"])
-                elif frame["seq"] > self.seq:  # frames were lost: the row has their text
-                    row = await self._row()
-                    missing = row and self._catch_up(row.content, row.reasoning, row.seq)
-                    if missing:
-                        last_sign = time.monotonic()
-                        yield missing
-            elif kind == "message":
-                body = frame["message"]
-                missing = self._catch_up(body["content"], body["reasoning"], body["seq"])
-                if missing:
-                    yield missing
-            elif kind == "error":
-                self.error = frame.get("message", "")
-            elif kind == "done":
-                async for item in self._finish():
+            row = await self._row()
+            if row is None or not row.is_active:
+                async for item in self._finish(row):
                     yield item
                 return
+            if row.status == Message.Status.PENDING and time.monotonic() - started > queue_timeout:
+                yield QueueTimeout()
+                return
+            text = self._take(Heard.of_row(row))
+            if text:
+                last_sign = time.monotonic()
+                yield text
+            elif time.monotonic() - last_sign >= keepalive_seconds:
+                last_sign = time.monotonic()
+                yield Tick()

@@ -1,8 +1,8 @@
 """The OpenAI/DeepSeek-compatible HTTP API: /v1/chat/completions, /v1/models, /v1/openapi.json.
 
-Thin adapters: the key is checked (chat/api_keys.py), the body parsed (chat/api_requests.py),
-limits applied (chat/api_usage.py), rows saved and the answer queued (chat/api_completions.py),
-and the answer followed (chat/api_stream.py) into SSE chunks or one JSON object.
+Thin adapters: the key is checked (chat/accounts/api_keys.py), the body parsed (chat/api/requests.py),
+limits applied (chat/accounts/usage.py), rows saved and the answer queued (chat/api/completions.py),
+and the answer followed (chat/api/stream.py) into SSE chunks or one JSON object.
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from chat.api.completions import do_start_completion
 from chat.api.openapi import openapi_document
 from chat.api.requests import CompletionRequest, parse_body, parse_request
 from chat.api.stream import AnswerFollower, Finished, QueueTimeout, Text, Tick
-from chat.audit import log as audit
+from chat.audit import record as audit
 from chat.conversations import actions
 from chat.conversations.models import Message
-from chat.core import log_context, outage
+from chat.core import log_context, outage, request_meta
 from chat.core.api_errors import ApiError
 from chat.core.errors import ChatError
 from chat.core.served_models import all_models
@@ -172,7 +172,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     slot = None
     follower = None
     # The audit events' id is the logs' and the task's (the same one RequestIdMiddleware set, when it ran).
-    log_context.bind(request_id=audit.request_id(request))
+    log_context.bind(request_id=request_meta.request_id(request))
     try:
         user, key = await database_sync_to_async(authenticate)(request)
         completion_request = parse_request(parse_body(_read_body(request)))

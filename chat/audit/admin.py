@@ -15,8 +15,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, Strea
 from django.urls import path
 from django.utils import timezone
 
-from chat.audit import log as audit
+from chat.audit.chain import verify_chain
 from chat.audit.models import AuditEvent
+from chat.audit.record import record_log_entries
 
 CSV_FIELDS = (
     "id", "created_at", "action", "actor_id", "actor_name", "ip", "user_agent", "request_id", "conversation_id",
@@ -88,7 +89,7 @@ class AuditEventAdmin(admin.ModelAdmin):
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         # Bounded: a full walk takes time in proportion to the log (manage.py verify_audit_chain does it).
         limit = int(getattr(settings, "AUDIT_ADMIN_VERIFY_LIMIT", 10_000))
-        extra_context = {**(extra_context or {}), "audit_chain": audit.verify_chain(limit=limit)}
+        extra_context = {**(extra_context or {}), "audit_chain": verify_chain(limit=limit)}
         return super().changelist_view(request, extra_context)
 
     def export_view(self, request: HttpRequest) -> HttpResponse:
@@ -113,5 +114,5 @@ class AuditedDeletionsMixin:
     def log_deletions(self, request: HttpRequest, queryset: Any) -> Any:
         entries = super().log_deletions(request, queryset)
         if isinstance(entries, list) and len(entries) > 1:
-            audit.record_log_entries(entries)
+            record_log_entries(entries)
         return entries

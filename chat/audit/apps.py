@@ -9,4 +9,4 @@ class AuditConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from chat.audit import signals  # noqa: F401  (sign-in events; the prune task)
+        from chat.audit import prune, signals  # noqa: F401  (the prune task; sign-in and admin events)

@@ -12,7 +12,7 @@ ZERO_HASH = "0" * 64
 
 
 class AuditImmutable(Exception):
-    """An attempt to change or delete audit rows outside retention pruning (chat.audit.log.prune)."""
+    """An attempt to change or delete audit rows outside retention pruning (chat.audit.prune.prune)."""
 
 
 class ImmutableQuerySet(models.QuerySet):
@@ -29,13 +29,13 @@ class ImmutableQuerySet(models.QuerySet):
         raise AuditImmutable(f"{self.model.__name__} rows cannot be deleted; retention pruning removes old ones.")
 
     def bulk_create(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise AuditImmutable(f"{self.model.__name__} rows are added one at a time (chat.audit.log.record).")
+        raise AuditImmutable(f"{self.model.__name__} rows are added one at a time (chat.audit.record.record).")
 
     def bulk_update(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise AuditImmutable(f"{self.model.__name__} rows cannot be updated.")
 
     def prune_through(self, last_id: int) -> int:
-        """The one deletion path, for retention (chat.audit.log.prune, which writes the checkpoint first)."""
+        """The one deletion path, for retention (chat.audit.prune.prune, which writes the checkpoint first)."""
         return self.filter(id__lte=last_id)._raw_delete(self.db)
 
 
@@ -58,7 +58,7 @@ class ImmutableModel(models.Model):
 
 
 class AuditEvent(ImmutableModel):
-    """One audited action. `hash` covers every field but `id`, `actor` and `hash` (chat.audit.log.canonical)."""
+    """One audited action. `hash` covers every field but `id`, `actor` and `hash` (chat.audit.chain.canonical)."""
 
     class Action(models.TextChoices):
         MODEL_CALL = "model_call", _("Model call")

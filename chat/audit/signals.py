@@ -1,4 +1,4 @@
-"""Security-relevant account events into the audit log (Django's auth signals)."""
+"""Audit events from signals: sign-ins and lockouts (Django's auth, axes) and the admin's own change history."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,9 +6,10 @@ from typing import Any
 from axes.signals import user_locked_out
 from django.conf import settings
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.db.models.signals import post_save
 from django.dispatch import receiver
 
-from chat.audit import log as audit
+from chat.audit import record as audit
 
 
 @receiver(user_logged_in)
@@ -41,3 +42,10 @@ def login_locked(sender: Any, request: Any, username: Any = None, **kwargs: Any)
         "failures": failures,
         "cooloff_minutes": round(settings.AXES_COOLOFF_TIME.total_seconds() / 60),
     })
+
+
+@receiver(post_save, sender="admin.LogEntry", dispatch_uid="chat.audit.signals.admin_change")
+def admin_change(sender: Any, instance: Any, created: bool, raw: bool = False, **kwargs: Any) -> None:
+    """Each admin LogEntry saved one by one (a bulk delete's are passed to record_log_entries directly)."""
+    if created and not raw:
+        audit.record_log_entries([instance])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
-from chat.audit import log as audit
+from chat.audit import record as audit
 from chat.conversations import lifecycle, liveness, message_limits, threads, uploads
 from chat.conversations.models import Conversation, Message
 from chat.core import log_context
@@ -26,8 +26,8 @@ from chat.core.errors import ChatError
 from chat.core.metrics import moderation_blocked
 from chat.core.served_models import default_model, get_model
 from chat.core.worker_routing import queue_for
-from chat.moderation import rules as moderation
-from inference.prompt_check import message_tokens, room_for_prompt
+from chat.moderation import moderator as moderation
+from inference.prompt_check import chat_tokens
 from inference.registry import ModelSpec, UnknownModel
 
 log = logging.getLogger(__name__)
@@ -131,15 +131,27 @@ def check_moderated(user: AbstractBaseUser | None, text: str, *, request: Any = 
     raise ChatError("content_filter", str(moderation.NOTICE))
 
 
-def check_fits(spec: ModelSpec, content: str, system_prompt: str = "") -> None:
-    """Refuse, before anything is saved, a message that alone leaves no room for an answer."""
-    tokens = message_tokens(spec, content, system_prompt)
-    if tokens is not None and tokens > room_for_prompt(spec):
-        raise ChatError(
+class PromptTooLong(ChatError):
+    """A prompt that leaves the model no room for its answer: the error says how far over it is."""
+
+    def __init__(self, spec: ModelSpec, tokens: int, answer_tokens: int) -> None:
+        self.tokens, self.answer_tokens, self.max_context = tokens, answer_tokens, spec.max_context
+        room = spec.max_context - answer_tokens
+        super().__init__(
             "prompt_too_long",
             _("The message is %(tokens)d tokens long; %(model)s can take at most %(room)d with room for its answer.")
-            % {"tokens": tokens, "model": spec.name, "room": room_for_prompt(spec)},
+            % {"tokens": tokens, "model": spec.name, "room": room},
         )
+
+
+def check_fits(spec: ModelSpec, turns: list[dict[str, str]], answer_tokens: int | None = None) -> None:
+    """Refuse, before anything is saved, a prompt (`turns`: role and content each) that leaves no room for
+    an answer of `answer_tokens` (by default the model's own maximum). The chat pages check the new message
+    alone (they drop the oldest turns to fit), the API every message it was sent (it drops none)."""
+    answer = answer_tokens or spec.max_new_tokens
+    tokens = chat_tokens(spec, turns)
+    if tokens is not None and tokens + answer > spec.max_context:
+        raise PromptTooLong(spec, tokens, answer)
 
 
 @dataclass(frozen=True)
@@ -167,33 +179,53 @@ def _branch_leaf(conversation: Conversation) -> Message | None:
     return conversation.messages.filter(id=leaf_id).first() if leaf_id else None
 
 
-def _queue_answer(
-    conversation: Conversation, spec: ModelSpec, parent: Message | None, question: str | None,
-    client_id: str, announce: Callable[[SentMessage], None] | None, images: list | None = None,
+@dataclass(frozen=True)
+class Turn:
+    """A message saved before the answer: the user's question, or one of the messages an API request sent."""
+
+    content: str
+    role: str = Message.Role.USER
+    client_id: str = ""
+    images: Sequence[uuid.UUID] = ()  # the user's attachments, already checked (uploads.check_attachments)
+
+
+def do_queue_answer(
+    conversation: Conversation, spec: ModelSpec, parent: Message | None, turns: Sequence[Turn] = (),
+    announce: Callable[[SentMessage], None] | None = None,
 ) -> SentMessage:
-    """Inside the caller's checks: save the question (if any) and a pending answer, and queue it."""
+    """After the caller's checks: save `turns` (none for a regeneration) after `parent` and a pending answer
+    after them, and queue the answer once committed. The one road both the socket and /v1 take.
+
+    A conversation not saved yet (an API request's hidden one, source "api", with its own settings) is
+    created in the same transaction, so a failure leaves no trace of it."""
     try:
         with transaction.atomic():
             now = timezone.now()
-            # Taking the conversation's row lock first serialises concurrent sends (both DBs).
-            Conversation.objects.filter(id=conversation.id).update(updated_at=now)
-            if conversation.messages.filter(status__in=Message.ACTIVE).exists():
-                raise ChatError("busy", _(BUSY))
-            last = conversation.messages.aggregate(last=Max("position"))["last"] or 0
+            if conversation._state.adding:
+                conversation.created_at = conversation.updated_at = now
+                conversation.save(force_insert=True)
+                last = 0
+            else:
+                # Taking the conversation's row lock first serialises concurrent sends (both DBs).
+                Conversation.objects.filter(id=conversation.id).update(updated_at=now)
+                if conversation.messages.filter(status__in=Message.ACTIVE).exists():
+                    raise ChatError("busy", _(BUSY))
+                last = conversation.messages.aggregate(last=Max("position"))["last"] or 0
             user_message = None
-            if question is not None:
-                user_message = parent = Message.objects.create(
-                    conversation=conversation, position=last + 1, parent=parent, role=Message.Role.USER,
-                    content=question, client_id=client_id, created_at=now, updated_at=now,
-                )
-                if images:
-                    uploads.attach(conversation.user, images, user_message.id)
+            for turn in turns:
                 last += 1
+                user_message = parent = Message.objects.create(
+                    conversation=conversation, position=last, parent=parent, role=turn.role,
+                    content=turn.content, client_id=turn.client_id, created_at=now, updated_at=now,
+                )
+                if turn.images:
+                    uploads.attach(conversation.user, turn.images, user_message.id)
             answer = Message.objects.create(
                 conversation=conversation, position=last + 1, parent=parent, role=Message.Role.ASSISTANT,
                 status=Message.Status.PENDING, created_at=now, updated_at=now,
             )
-            title = conversation.title or _title_from(question or "")
+            first_question = next((t.content for t in turns if t.role == Message.Role.USER), "")
+            title = conversation.title or _title_from(first_question)
             Conversation.objects.filter(id=conversation.id).update(title=title, current_leaf=answer)
             sent = SentMessage(user_message, answer, title)
             transaction.on_commit(lambda: _announce_and_enqueue(sent, spec.celery_queue, announce))
@@ -223,7 +255,8 @@ def do_send_message(
     conversation = get_conversation(user, conversation_id)
     check_moderated(user, content, request=request, conversation_id=conversation.id, model=conversation.model)
     spec = _model_of(conversation)
-    check_fits(spec, content, conversation.system_prompt)
+    system = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
+    check_fits(spec, [*system, {"role": "user", "content": content}])
     images = uploads.check_attachments(user, attachments) if attachments else []
     if images and not spec.vision:
         raise ChatError("vision_unsupported", _("%(model)s cannot see images. Pick a model that can in Settings, "
@@ -236,7 +269,7 @@ def do_send_message(
     else:
         parent = _branch_leaf(conversation)
     message_limits.check_and_count(user)
-    return _queue_answer(conversation, spec, parent, content, client_id, announce, images)
+    return do_queue_answer(conversation, spec, parent, [Turn(content, client_id=client_id, images=images)], announce)
 
 
 def do_regenerate(
@@ -252,7 +285,7 @@ def do_regenerate(
         raise ChatError("busy", _(BUSY), message_id=answer.id)
     spec = _model_of(conversation)
     message_limits.check_and_count(user)
-    return _queue_answer(conversation, spec, answer.parent, None, "", announce)
+    return do_queue_answer(conversation, spec, answer.parent, announce=announce)
 
 
 def do_select_version(user: AbstractBaseUser, conversation_id: Any, message_id: Any) -> Message:

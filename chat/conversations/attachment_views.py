@@ -1,6 +1,7 @@
 """Uploading images and serving them back, to their owner only."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import SuspiciousOperation
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
@@ -9,9 +10,10 @@ from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
-from chat.audit import log as audit
+from chat.audit import record as audit
 from chat.conversations import uploads
 from chat.core.errors import ChatError
+from chat.core.view_declarations import audited, body_limit
 
 # The bodies Django's own parser refuses: MultiPartParserError (a malformed form, a part's headers over
 # its 1 KB limit, as a 100 KB file name makes them) and SuspiciousOperation, whose subclasses are
@@ -20,6 +22,16 @@ from chat.core.errors import ChatError
 UNPARSEABLE_BODY = (MultiPartParserError, SuspiciousOperation)
 
 
+def refuse_oversized(request: HttpRequest, declared: int) -> JsonResponse:
+    """A body whose Content-Length is past the cap (chat.core.body_limits): refused unread, audited."""
+    refused = uploads.too_large(declared)
+    audit.record("upload_rejected", request=request, verdict=refused.code, detail={"code": refused.code,
+                                                                                  "size": declared})
+    return JsonResponse({"error": {"code": refused.code, "message": refused.message}}, status=413)
+
+
+@audited
+@body_limit(lambda: settings.ATTACHMENT_MAX_BYTES, refuse_oversized)
 @csrf_exempt  # not unprotected: _upload makes the same check, once the body is parsed (see below)
 @login_required  # before the body is read: an anonymous request's body is never parsed
 @require_POST
@@ -40,14 +52,6 @@ def upload(request: HttpRequest) -> HttpResponse:
         request._mark_post_parse_error()
         return _upload(request, refused=exc)
     return _upload(request, refused=None)
-
-
-def refuse_oversized(request: HttpRequest, declared: int) -> JsonResponse:
-    """A body whose Content-Length is past the cap (chat/body_limits.py): refused unread, audited."""
-    refused = uploads.too_large(declared)
-    audit.record("upload_rejected", request=request, verdict=refused.code, detail={"code": refused.code,
-                                                                                  "size": declared})
-    return JsonResponse({"error": {"code": refused.code, "message": refused.message}}, status=413)
 
 
 @csrf_protect
@@ -85,12 +89,14 @@ def _serve(request: HttpRequest, attachment_id, thumbnail: bool) -> HttpResponse
     return response
 
 
+@audited
 @login_required
 @require_GET
 def attachment_file(request: HttpRequest, attachment_id) -> HttpResponse:
     return _serve(request, attachment_id, thumbnail=False)
 
 
+@audited
 @login_required
 @require_GET
 def attachment_thumbnail(request: HttpRequest, attachment_id) -> HttpResponse:

@@ -13,10 +13,10 @@ from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext as _
 
-from chat.conversations import actions, events, liveness
+from chat.conversations import actions, events
 from chat.conversations.actions import ChatError
-from chat.conversations.frames import done_frame, error_frame, group_name, message_frame
-from chat.conversations.socket_catchup import CatchUp
+from chat.conversations.following import Follower
+from chat.conversations.frames import done_frame, error_frame, message_frame
 from chat.core import log_context, outage
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ def _shown_type(kind: Any) -> str:
 class ChatConsumer(AsyncWebsocketConsumer):
     # ---- socket handlers -------------------------------------------------------------------
     async def connect(self) -> None:
-        self.group: str | None = None
-        self.catchup: CatchUp | None = None
+        self.follower: Follower | None = None  # set once the socket may watch the conversation
+        self.catching_up: asyncio.Task | None = None
         self.language = _language_of(self.scope)
         self._start_log_context()
         # Accept first so the close code reaches the browser (a refused handshake has none).
@@ -85,22 +85,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not owns:
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        self.group = group_name(self.conversation_id)
         log_context.bind(conversation_id=self.conversation_id)
         self.bucket = TokenBucket(settings.SOCKET_FRAME_BURST, settings.SOCKET_FRAMES_PER_SECOND)
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        self.watching = asyncio.create_task(liveness.keep_watching(self.conversation_id))
-        self.catchup = CatchUp()
-        self.catching_up = asyncio.create_task(self._keep_caught_up())
+        self.follower = Follower(self.conversation_id)
+        await self.follower.subscribe(self.channel_name)
+        # Frames of an answer stopped coming (lost while Redis restarted, say): the page gets what the row has.
+        self.catching_up = asyncio.create_task(self.follower.keep_caught_up(self.send_json))
 
     async def disconnect(self, code: int) -> None:
-        if self.group:
-            self.watching.cancel()
+        if self.catching_up is not None:
             self.catching_up.cancel()
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.follower is not None:
+            await self.follower.close()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not self.group:  # closing: ignore anything that raced the close
+        if self.follower is None:  # closing: ignore anything that raced the close
             return
         self.frames += 1
         # Each frame gets its own id, so two answers asked on one socket are told apart in the
@@ -222,8 +221,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return False
 
     async def send_json(self, content: dict[str, Any]) -> None:
-        if self.catchup is not None:
-            self.catchup.heard(content)
+        if self.follower is not None:
+            self.follower.heard(content)
         text = json.dumps(content, ensure_ascii=False)
         try:
             text.encode("utf-8")
@@ -232,22 +231,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # UTF-8 text frame: daphne's encode would raise in the middle of the reply. Escaped, it can.
             text = json.dumps(content)
         await self.send(text_data=text)
-
-    async def _keep_caught_up(self) -> None:
-        """Frames of an answer stopped coming (lost while Redis restarted, say): send the page what
-        the row has that it lacks."""
-        while True:
-            await asyncio.sleep(self.catchup.quiet_seconds / 2)
-            quiet = self.catchup.quiet()
-            if not quiet:
-                continue
-            try:
-                frames = await database_sync_to_async(self.catchup.catch_up)(self.conversation_id, quiet)
-            except Exception:  # the database is down: try again next interval
-                log.warning("catching up conversation %s failed", self.conversation_id, exc_info=True)
-                continue
-            for frame in frames:
-                await self.send_json(frame)
 
     # ---- channel-layer handlers --------------------------------------------------------------
     async def chat_frame(self, event: dict[str, Any]) -> None:

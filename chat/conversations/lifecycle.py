@@ -30,7 +30,7 @@ from django.utils import timezone
 from chat.conversations import events, liveness
 from chat.conversations.frames import done_frame, error_frame, message_frame
 from chat.conversations.models import Message
-from chat.core.redis_server import shared_client
+from chat.core.redis_server import client as _client
 from chat.core.served_models import get_model
 from chat.core.worker_routing import queue_for
 from inference.registry import UnknownModel
@@ -48,10 +48,6 @@ def _key(message_id: object) -> str:
 def _ttl_ms() -> int:
     """Longer than a queued answer may live (the bound below), so a waiting answer keeps its key."""
     return int((settings.API_QUEUE_TIMEOUT_SECONDS + 2 * REQUEUE_AFTER_SECONDS) * 1000)
-
-
-def _client() -> redis.Redis:
-    return shared_client(settings.REDIS_URL)
 
 
 def enqueue(message_id: object, queue: str, headers: dict[str, str] | None = None) -> None:

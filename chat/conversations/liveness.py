@@ -5,7 +5,7 @@
 - Watching: each open socket keeps a short-lived key per conversation alive; a worker whose
   conversation nobody has watched for ABANDONED_AFTER_SECONDS cancels the answer.
 - Writing: each worker process keeps a short-lived key per answer it is writing alive; an answer
-  left `streaming` without one (its worker was killed) is failed by the sweep (chat/replies.py).
+  left `streaming` without one (its worker was killed) is failed by the sweep (chat/worker/replies.py).
   (Queued answers have a key of their own: chat/conversations/lifecycle.py.)
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections
 
-from chat.core.redis_server import shared_client
+from chat.core.redis_server import client as _client
 
 log = logging.getLogger(__name__)
 CANCEL_CHANNEL = "deepseek:cancel"
@@ -27,10 +27,6 @@ CANCEL_CHANNEL = "deepseek:cancel"
 
 def _watch_key(conversation_id: object) -> str:
     return f"deepseek:watched:{conversation_id}"
-
-
-def _client() -> redis.Redis:
-    return shared_client(settings.REDIS_URL)
 
 
 # ---- stop ------------------------------------------------------------------------------------
@@ -72,7 +68,8 @@ class CancelWatch:
     def _listen(self, ready: threading.Event) -> None:
         while True:
             try:
-                pubsub = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=None).pubsub()
+                # No read timeout (it waits for stops), redis-py's default connect timeout.
+                pubsub = _client(socket_timeout=None, socket_connect_timeout=5).pubsub()
                 pubsub.subscribe(CANCEL_CHANNEL)
                 ready.set()
                 for item in pubsub.listen():

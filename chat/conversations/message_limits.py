@@ -3,13 +3,11 @@
 A socket's token bucket (SOCKET_FRAME_BURST, SOCKET_FRAMES_PER_SECOND) slows one connection; these
 hold back a user who floods through many: answers being written at once (counted in the database,
 so every web process sees the same number) and messages per minute (a fixed window in Redis, shared
-by every web process). The /v1 API has its own (chat/api_usage.py).
+by every web process). The /v1 API has its own (chat/accounts/usage.py).
 """
 from __future__ import annotations
 
 import logging
-import math
-import time
 
 import redis
 from django.conf import settings
@@ -17,8 +15,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.utils.translation import gettext as _
 
 from chat.conversations.models import Conversation, Message
+from chat.core import rate_windows
 from chat.core.errors import ChatError
-from chat.core.redis_server import shared_client
 
 log = logging.getLogger(__name__)
 RATE_WINDOW_SECONDS = 60
@@ -35,18 +33,12 @@ def check_and_count(user: AbstractBaseUser) -> None:
     per_minute = settings.CHAT_MESSAGES_PER_MINUTE
     if not per_minute:
         return
-    now = time.time()
-    window = int(now // RATE_WINDOW_SECONDS)
-    key = f"deepseek:chat:messages:{user.pk}:{RATE_WINDOW_SECONDS}:{window}"
     try:
-        pipe = shared_client(settings.REDIS_URL).pipeline()
-        pipe.incr(key)
-        pipe.expire(key, RATE_WINDOW_SECONDS * 2)
-        count = pipe.execute()[0]
+        wait = rate_windows.hit(f"deepseek:chat:messages:{user.pk}:{RATE_WINDOW_SECONDS}", per_minute,
+                                RATE_WINDOW_SECONDS)
     except redis.RedisError:  # the answer could not be queued either; the send reports that
         log.warning("message limit skipped: Redis unavailable")
         return
-    if count > per_minute:
-        wait = max(1, math.ceil((window + 1) * RATE_WINDOW_SECONDS - now))
+    if wait is not None:
         raise ChatError("rate_limited", _("You are sending messages too fast (at most %(limit)d a minute). "
                                           "Try again in %(seconds)d s.") % {"limit": per_minute, "seconds": wait})

@@ -115,7 +115,7 @@ def _attachment_name(instance: Attachment, filename: str) -> str:
 
 
 class Attachment(models.Model):
-    """An image a user uploaded, validated and re-encoded (chat/images.py) before it was stored."""
+    """An image a user uploaded, validated and re-encoded (chat/images/validation.py) before it was stored."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="attachments")

@@ -16,7 +16,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from chat.accounts import signups
-from chat.audit import log as audit
+from chat.audit import record as audit
 from chat.conversations import actions, exports, threads
 from chat.conversations.actions import ChatError
 from chat.conversations.forms import ConversationSettingsForm
@@ -24,6 +24,7 @@ from chat.conversations.frames import message_frame
 from chat.conversations.models import Conversation
 from chat.core.served_models import all_models, default_model
 from chat.core.ui_strings import ui_strings
+from chat.core.view_declarations import audited, body_limit, moderated
 
 SIDEBAR_LIMIT = 200
 
@@ -93,12 +94,14 @@ def _owned(request: HttpRequest, conversation_id) -> Conversation:
         raise Http404("No such conversation.") from None
 
 
+@audited
 @login_required
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
     return _page(request)
 
 
+@audited
 @login_required
 @require_POST
 def new_conversation(request: HttpRequest) -> HttpResponse:
@@ -109,12 +112,14 @@ def new_conversation(request: HttpRequest) -> HttpResponse:
     return redirect("conversation", conversation_id=conversation.id)
 
 
+@audited
 @login_required
 @require_GET
 def conversation(request: HttpRequest, conversation_id) -> HttpResponse:
     return _page(request, _owned(request, conversation_id))
 
 
+@audited
 @login_required
 @require_POST
 def rename(request: HttpRequest, conversation_id) -> HttpResponse:
@@ -132,6 +137,7 @@ def rename(request: HttpRequest, conversation_id) -> HttpResponse:
     return redirect("conversation", conversation_id=renamed.id)
 
 
+@audited
 @login_required
 @require_POST
 def delete(request: HttpRequest, conversation_id) -> HttpResponse:
@@ -142,6 +148,8 @@ def delete(request: HttpRequest, conversation_id) -> HttpResponse:
     return redirect("home")
 
 
+@audited
+@moderated("system_prompt")
 @login_required
 @require_POST
 def update_settings(request: HttpRequest, conversation_id) -> HttpResponse:
@@ -155,6 +163,7 @@ def update_settings(request: HttpRequest, conversation_id) -> HttpResponse:
     return redirect("conversation", conversation_id=found.id)
 
 
+@audited
 @login_required
 @require_GET
 def export(request: HttpRequest, conversation_id, ext: str) -> HttpResponse:
@@ -170,6 +179,14 @@ def export(request: HttpRequest, conversation_id, ext: str) -> HttpResponse:
     return response
 
 
+def refuse_oversized_import(request: HttpRequest, declared: int) -> HttpResponse:
+    """An import whose Content-Length is past the cap (chat.core.body_limits): refused unread."""
+    return _page(request, status=413, import_error=_("The file could not be imported: %(reason)s")
+                 % {"reason": _("The file is too large to import.")})
+
+
+@audited
+@body_limit(lambda: exports.IMPORT_MAX_BYTES, refuse_oversized_import)
 @login_required
 @require_POST
 def import_conversation(request: HttpRequest) -> HttpResponse:
@@ -185,12 +202,6 @@ def import_conversation(request: HttpRequest) -> HttpResponse:
         return _page(request, status=400, import_error=_("The file could not be imported: %(reason)s")
                      % {"reason": exc.message})
     return redirect("conversation", conversation_id=imported.id)
-
-
-def refuse_oversized_import(request: HttpRequest, declared: int) -> HttpResponse:
-    """An import whose Content-Length is past the cap (chat/body_limits.py): refused unread."""
-    return _page(request, status=413, import_error=_("The file could not be imported: %(reason)s")
-                 % {"reason": _("The file is too large to import.")})
 
 
 class AuditedPasswordChangeView(PasswordChangeView):

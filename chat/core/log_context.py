@@ -130,7 +130,7 @@ def plain_formatter() -> logging.Formatter:
 # ---- HTTP -----------------------------------------------------------------------------------------
 class RequestIdMiddleware:
     """Gives each HTTP request an id (the caller's X-Request-ID when plain, else a new one), puts it in
-    the log context and on the request (where chat.audit.log.request_id finds it), and echoes it."""
+    the log context and on the request (where chat.core.request_meta.request_id finds it), and echoes it."""
 
     sync_capable = True
     async_capable = True

@@ -19,10 +19,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import redis
-from django.conf import settings
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
+from chat.core import redis_server
 from chat.core.metrics_registry import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -46,17 +46,7 @@ def process_name() -> str:
 
 def client() -> redis.Redis:
     """A client with short timeouts: a scrape or a push never waits long on a sick Redis."""
-    return _client(settings.REDIS_URL)
-
-
-_clients: dict[str, redis.Redis] = {}
-
-
-def _client(url: str) -> redis.Redis:
-    found = _clients.get(url)
-    if found is None:
-        found = _clients[url] = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    return found
+    return redis_server.client(socket_timeout=1, socket_connect_timeout=1)
 
 
 # ---- snapshots ------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Finding a Redis, or starting a private one on loopback when REDIS_URL is not reachable;
-and the process-wide client for small commands (signals, heartbeats)."""
+and the process-wide clients for small commands (signals, heartbeats, counters), one per URL and timeouts."""
 from __future__ import annotations
 
 import shutil
@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import redis
+from django.conf import settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -99,7 +100,17 @@ def ensure_redis(url: str) -> PrivateRedis | None:
     return PrivateRedis(port).start()
 
 
-@lru_cache(maxsize=4)
-def shared_client(url: str) -> redis.Redis:
-    """One pooled, thread-safe client per URL for the whole process."""
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+def shared_client(url: str, socket_timeout: float | None = 5, socket_connect_timeout: float | None = 2) -> redis.Redis:
+    """One pooled, thread-safe client per URL and timeouts for the whole process (None: wait forever)."""
+    return _shared_client(url, socket_timeout, socket_connect_timeout)
+
+
+@lru_cache(maxsize=16)
+def _shared_client(url: str, socket_timeout: float | None, socket_connect_timeout: float | None) -> redis.Redis:
+    # Positional arguments only, so every way of calling shared_client finds the same client.
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_connect_timeout)
+
+
+def client(socket_timeout: float | None = 5, socket_connect_timeout: float | None = 2) -> redis.Redis:
+    """The shared client for settings.REDIS_URL (read at each call: tests point it elsewhere)."""
+    return shared_client(settings.REDIS_URL, socket_timeout, socket_connect_timeout)

@@ -10,9 +10,8 @@ import threading
 import time
 
 import redis
-from django.conf import settings
 
-from chat.core.redis_server import shared_client
+from chat.core.redis_server import client as _client
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
@@ -25,10 +24,6 @@ def _key(queue: str) -> str:
 
 def private_queue(queue: str, hostname: str) -> str:
     return f"{queue}@{hostname}"
-
-
-def _client() -> redis.Redis:
-    return shared_client(settings.REDIS_URL)
 
 
 def live_workers(queue: str, client: redis.Redis | None = None) -> list[str]:

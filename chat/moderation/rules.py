@@ -1,25 +1,18 @@
-"""Content moderation of inputs and streamed outputs: keyword and regex rules, and an optional local classifier."""
+"""Moderation rules: Rule and Verdict, the checks a rule's pattern must pass, and RuleSet, which matches them."""
 from __future__ import annotations
 
 import logging
 import re
-import threading
-import time
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
-from django.core.signals import setting_changed
-from django.db import DatabaseError, transaction
-from django.dispatch import receiver
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+
+from chat.moderation.normalize import INVISIBLE, fold, normalize
 
 log = logging.getLogger(__name__)
-
-NOTICE = gettext_lazy("This content was withheld by the content filter.")
 
 KINDS = ("keyword", "regex")
 APPLIES_TO = ("input", "output", "both")
@@ -33,20 +26,8 @@ WINDOW = 256
 # slow pattern costs at most (span / length) times its cost on one span instead of growing with the
 # square (or worse) of a 16,000-character prompt.
 REGEX_SPAN = 4096
-# A run of combining marks longer than this (only "zalgo" text has one) is normalized in pieces.
-MAX_PENDING = 32
 # A repetition allowed more times than this counts as large in the nested-repetition check.
 _LARGE_REPEAT = 16
-
-# Format characters that render as nothing and are used to split a word for the filter (soft hyphen,
-# zero-width space, joiners, word joiner, invisible operators, BOM).
-_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200d\u2060-\u2064\ufeff]")
-# Whitespace other than a single space: collapsing only these is faster than rewriting every space.
-_SPACES = re.compile(r"[^\S ]\s*| \s+")
-# Full-width ASCII and the ideographic space, common in Chinese text: mapped here so that most text
-# passes NFKC's quick check instead of being normalized character by character (5 times slower).
-_WIDE = re.compile("[\u3000\uff01-\uff5e]")
-_NARROW = {chr(code): unicodedata.normalize("NFKC", chr(code)) for code in (0x3000, *range(0xFF01, 0xFF5F))}
 # A letter or digit of a script that separates words with spaces: CJK, kana and Hangul are \w to
 # Python but have no word boundaries, so they never make a keyword's edge part of a longer word.
 _WORD_CLASS = r"[^\W\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003ffff]"
@@ -81,48 +62,6 @@ class Verdict:
 ALLOWED = Verdict(True)
 
 
-def _fold(text: str) -> str:
-    """normalize() without the final strip, so pieces of a stream can be folded one after another."""
-    text = _INVISIBLE.sub("", text)
-    if text.isascii():  # NFKC leaves ASCII alone and casefold is lower() there: the common case, faster
-        return _SPACES.sub(" ", text.lower())
-    # Exact: these characters decompose to ASCII, which never composes with a neighbour.
-    text = _WIDE.sub(lambda match: _NARROW[match.group()], text)
-    if not unicodedata.is_normalized("NFKC", text):
-        text = unicodedata.normalize("NFKC", text)
-    return _SPACES.sub(" ", text.casefold())
-
-
-def normalize(text: str) -> str:
-    """The form rules match against: invisible characters removed, NFKC (full-width and compatibility
-    forms become plain ones), casefolded, whitespace runs made one space. Chinese is left as it is."""
-    return _fold(text).strip()
-
-
-def _joins(left: str, right: str) -> bool:
-    """Whether two adjacent characters may normalize differently together than apart (é from e + ◌́,
-    Hangul syllables from jamo). Composition only ever pairs a starter with its immediate neighbour,
-    so looking at pairs is enough."""
-    if right < "\u0300":  # nothing below the combining diacritics composes with what precedes it
-        return False
-    if unicodedata.combining(right):
-        return True
-    return unicodedata.normalize("NFKC", left + right) != (
-        unicodedata.normalize("NFKC", left) + unicodedata.normalize("NFKC", right)
-    )
-
-
-def _settle_point(raw: str) -> int:
-    """How much of raw streamed text normalizes the same whatever comes next: all but the last character,
-    less the characters the last one may still combine with."""
-    cut = len(raw) - 1
-    while cut > 0 and _joins(raw[cut - 1], raw[cut]):
-        cut -= 1
-        if len(raw) - cut > MAX_PENDING:
-            return len(raw) - 1  # zalgo text: settle it slightly wrong rather than re-fold an ever longer tail
-    return max(cut, 0)
-
-
 def _literal(char: str) -> str:
     """One folded character as a regex literal; hex escapes keep a full-width digit or bracket from
     turning into a quantifier, backreference or group once it is ASCII."""
@@ -144,7 +83,7 @@ def _fold_pattern(pattern: str) -> str:
             i += 2
             continue
         i += 1
-        if _INVISIBLE.match(char):
+        if INVISIBLE.match(char):
             continue
         if char == "[" and not in_class:
             in_class = True
@@ -326,9 +265,9 @@ class RuleSet:
         return bool(self._by_keyword or self._regexes)
 
     def check(self, text: str) -> Verdict:
-        return self._scan(_fold(text), 0, final=True)
+        return self.scan(fold(text), 0, final=True)
 
-    def _scan(self, text: str, new: int, final: bool) -> Verdict:
+    def scan(self, text: str, new: int, final: bool) -> Verdict:
         """The first rule with a match that reaches text[new:] (each rule looks back as far as its
         longest match); earlier characters are context for the boundaries only. When not final, a
         match that _may_grow waits for more text."""
@@ -357,233 +296,3 @@ class RuleSet:
             if stop >= end:
                 return False
             start = stop - WINDOW
-
-
-class OutputWatch:
-    """Moderates an answer while it streams: feed() each delta, and cut the stream when it says blocked.
-
-    The answer is kept only as its last WINDOW + 1 normalized characters plus a few raw characters that
-    may still combine with the next delta, and each delta scans the new text plus the rules' reach
-    behind it (RuleSet.reach: the longest keyword or regex match, at most WINDOW), so a keyword split
-    across deltas, "ki" + "ll", is caught. `scanned` counts the characters given to the matcher: per
-    delta at most len(delta) + WINDOW + a few, never the whole answer again. A match that ends the text
-    so far in a letter is confirmed by the next delta, or by finish() at the end, so "bomb" + "er jacket"
-    is not cut. Once blocked it stays blocked."""
-
-    def __init__(self, rules: RuleSet) -> None:
-        self._rules = rules
-        self._tail = ""  # settled normalized text: the last WINDOW + 1 characters
-        self._pending = ""  # raw text (invisible characters removed) that the next delta may still change
-        self.verdict = ALLOWED
-        self.scanned = 0
-
-    @property
-    def blocked(self) -> bool:
-        return not self.verdict.allowed
-
-    def feed(self, delta: str) -> Verdict:
-        if self.blocked or not delta or not self._rules:
-            return self.verdict
-        return self._step(delta, final=False)
-
-    def finish(self) -> Verdict:
-        """The verdict on the whole answer, once the stream has ended."""
-        if self.blocked or not self._rules:
-            return self.verdict
-        return self._step("", final=True)
-
-    def _step(self, delta: str, final: bool) -> Verdict:
-        raw = self._pending + _INVISIBLE.sub("", delta)
-        cut = len(raw) if final else _settle_point(raw)
-        settled = _fold(raw[:cut])
-        if self._tail.endswith(" ") and settled.startswith(" "):
-            settled = settled[1:]  # the whitespace run continues across the delta boundary
-        text = self._tail + settled
-        pending = _fold(raw[cut:])
-        if text.endswith(" ") and pending.startswith(" "):
-            pending = pending[1:]
-        new = len(self._tail)  # the pending text is scanned again: the delta may have changed its form
-        self.verdict = self._rules._scan(text + pending, new, final)
-        self.scanned += len(text) + len(pending) - max(0, new - self._rules.reach)
-        self._tail = text[-(WINDOW + 1) :]
-        self._pending = raw[cut:]
-        return self.verdict
-
-
-_pipelines: dict[str, Any] = {}
-_pipelines_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Classifier:
-    """A local Hugging Face text-classification model, for inputs only: one forward pass per message is
-    fine in the web tier, one per streamed token of an answer is not (outputs rely on the rules).
-
-    The model sees the raw text (it has its own tokenizer), truncated to its maximum length."""
-
-    path: str
-    block_labels: tuple[str, ...] = ("toxic",)
-    threshold: float = 0.8
-
-    @classmethod
-    def from_settings(cls) -> Classifier | None:
-        path = str(getattr(settings, "MODERATION_CLASSIFIER_PATH", "") or "")
-        if not path:
-            return None
-        labels = getattr(settings, "MODERATION_CLASSIFIER_BLOCK_LABELS", ["toxic"])
-        if isinstance(labels, str):
-            labels = [labels]
-        threshold = float(getattr(settings, "MODERATION_CLASSIFIER_THRESHOLD", 0.8))
-        return cls(path, tuple(labels), threshold)
-
-    def _pipeline(self) -> Any:
-        """Loaded on first use and kept for the process; a load failure propagates (no silent fail-open)."""
-        with _pipelines_lock:
-            if self.path not in _pipelines:
-                from transformers import pipeline
-
-                log.info("loading the moderation classifier from %s", self.path)
-                _pipelines[self.path] = pipeline("text-classification", model=self.path, device=-1)
-            return _pipelines[self.path]
-
-    def check(self, text: str) -> Verdict:
-        if not text.strip():
-            return ALLOWED
-        classify = self._pipeline()
-        with _pipelines_lock:  # a fast tokenizer must not be used by two threads at once
-            result = classify(text, truncation=True)
-        top = result[0] if isinstance(result, list) else result
-        label, score = str(top["label"]), float(top["score"])
-        blocked = {name.casefold() for name in self.block_labels}
-        if label.casefold() in blocked and score >= self.threshold:
-            return Verdict(False, "classifier", f"classifier:{label}", label, score)
-        return ALLOWED
-
-
-class Moderator:
-    """The pipeline: rules, then the classifier for inputs; rules alone for outputs."""
-
-    def __init__(self, rules: Iterable[Rule] = (), classifier: Classifier | None = None) -> None:
-        self.rules = tuple(rules)
-        self.classifier = classifier
-        self._input = RuleSet(self.rules, "input")
-        self._output = RuleSet(self.rules, "output")
-
-    def check_input(self, text: str) -> Verdict:
-        verdict = self._input.check(text)
-        if verdict.allowed and self.classifier is not None:
-            return self.classifier.check(text)
-        return verdict
-
-    def check_output(self, text: str) -> Verdict:
-        """A whole answer at once (one that was not streamed)."""
-        return self._output.check(text)
-
-    def output_watch(self) -> OutputWatch:
-        return OutputWatch(self._output)
-
-
-def rule_from_model(row: Any) -> Rule:
-    """A chat.audit.models.ModerationRule row as a Rule."""
-    return Rule(f"db:{row.pk}", row.kind, row.pattern, row.category, row.applies_to)
-
-
-def rule_from_dict(data: Mapping[str, Any], number: int) -> Rule:
-    """An entry of settings.MODERATION_EXTRA_RULES: {"pattern": ..., "kind", "category", "applies_to", "id"}."""
-    return Rule(
-        str(data.get("id") or f"settings:{number}"),
-        str(data.get("kind", "keyword")),
-        str(data["pattern"]),
-        str(data.get("category", "custom")),
-        str(data.get("applies_to", "both")),
-    )
-
-
-def _db_rules() -> list[Rule]:
-    """The enabled rules staff edit in the admin; none while that model does not exist.
-
-    A DatabaseError (e.g. the table before its migration) propagates to current_moderator."""
-    try:
-        from chat.moderation.models import ModerationRule
-    except ImportError:
-        return []
-    # A savepoint, so a failed query does not break a transaction the caller has open (PostgreSQL).
-    with transaction.atomic():
-        return [rule_from_model(row) for row in ModerationRule.objects.filter(enabled=True).order_by("pk")]
-
-
-def _settings_rules() -> list[Rule]:
-    rules = []
-    for number, data in enumerate(getattr(settings, "MODERATION_EXTRA_RULES", []), 1):
-        try:
-            rules.append(rule_from_dict(data, number))
-        except (KeyError, TypeError, AttributeError):
-            log.warning("MODERATION_EXTRA_RULES entry %d skipped: it needs at least a 'pattern'", number)
-    return rules
-
-
-@dataclass(frozen=True)
-class _Built:
-    at: float
-    key: tuple[Any, ...]
-    moderator: Moderator
-
-
-_clock = time.monotonic
-_built: _Built | None = None
-_build_lock = threading.Lock()
-_ALLOW_ALL = Moderator()
-
-
-def current_moderator() -> Moderator:
-    """The process's moderator: shipped defaults, admin rules and settings rules, plus the classifier.
-
-    Admin edits apply without a restart: the rules are re-read after MODERATION_RULES_TTL seconds
-    (5 by default; 0 re-reads every time), in every process, and invalidate() forgets them at once in
-    this one. When the rules did not change, the compiled moderator is reused. If the database cannot
-    be read, the last moderator built stays in use (or, in a new process, the rules without the
-    admin's). Reads the database: call it from synchronous code (actions, tasks)."""
-    global _built
-    if not getattr(settings, "MODERATION_ENABLED", True):
-        return _ALLOW_ALL
-    ttl = float(getattr(settings, "MODERATION_RULES_TTL", 5.0))
-    built = _built
-    if built is not None and _clock() - built.at < ttl:
-        return built.moderator
-    with _build_lock:
-        built = _built
-        now = _clock()
-        if built is not None and now - built.at < ttl:  # another thread rebuilt it while this one waited
-            return built.moderator
-        try:
-            db_rules = _db_rules()
-        except DatabaseError:
-            log.warning("moderation rules could not be read from the database", exc_info=True)
-            if built is not None:
-                _built = _Built(now, built.key, built.moderator)
-                return built.moderator
-            db_rules = []
-        defaults: list[Rule] = []
-        if getattr(settings, "MODERATION_DEFAULT_RULES", True):
-            from chat.moderation.defaults import DEFAULT_RULES
-
-            defaults = DEFAULT_RULES
-        rules = (*defaults, *db_rules, *_settings_rules())
-        classifier = Classifier.from_settings()
-        key = (rules, classifier)
-        moderator = built.moderator if built is not None and built.key == key else Moderator(rules, classifier)
-        _built = _Built(now, key, moderator)
-        return moderator
-
-
-def invalidate() -> None:
-    """Forget the cached moderator in this process, e.g. after the admin saved a rule."""
-    global _built
-    with _build_lock:
-        _built = None
-
-
-@receiver(setting_changed)
-def _moderation_setting_changed(setting: str, **kwargs: Any) -> None:
-    if setting.startswith("MODERATION_"):
-        invalidate()

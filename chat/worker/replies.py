@@ -16,13 +16,13 @@ from django.conf import settings
 from django.utils import timezone
 
 from chat.accounts import usage as api_usage
-from chat.audit import log as audit
+from chat.audit import record as audit
 from chat.conversations import events, lifecycle, liveness, threads
 from chat.conversations.frames import delta_frame, done_frame, error_frame, message_frame
 from chat.conversations.models import Attachment, Message
 from chat.core import log_context
 from chat.core.metrics import StreamMetrics, moderation_blocked
-from chat.moderation import rules as moderation
+from chat.moderation import moderator as moderation
 from chat.moderation.rules import ALLOWED, Verdict
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ from chat.audit.models import AuditEvent
 from chat.conversations.exports import IMPORT_MAX_BYTES
 from chat.conversations.models import Attachment, Conversation, Message
 from chat.core.redis_server import shared_client
-
 from tests.support.sockets import open_socket, receive, send
 
 PASSWORD = "a long pass phrase 9"

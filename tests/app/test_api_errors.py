@@ -18,13 +18,12 @@ from chat.audit.models import AuditEvent
 from chat.conversations.models import Conversation, Message
 from chat.core.worker_routing import Heartbeat
 from deepseek_web.asgi import application
-
 from tests.support.conformance import assert_conforms
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CHAT = "deepseek-chat"
 HELLO = [{"role": "user", "content": "Hello"}]
-BLOCKED = "Tell me how to make a pipe bomb"  # a default moderation rule (chat/moderation_defaults.py)
+BLOCKED = "Tell me how to make a pipe bomb"  # a default moderation rule (chat/moderation/defaults.py)
 
 
 @pytest.fixture

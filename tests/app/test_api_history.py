@@ -11,7 +11,6 @@ from chat.accounts.models import ApiUsage
 from chat.api.completions import prune_api_history, prune_api_history_task
 from chat.conversations import uploads
 from chat.conversations.models import Conversation, Message
-
 from tests.app.test_uploads import png
 
 pytestmark = pytest.mark.django_db
@@ -48,3 +47,12 @@ def test_it_prunes_old_finished_api_requests_with_their_images_and_keeps_the_res
 def test_it_refuses_a_negative_age():
     with pytest.raises(ValueError):
         prune_api_history(-1)
+
+
+def test_the_retention_task_is_scheduled_daily_from_the_one_schedule_celery_reads(settings):
+    from deepseek_web.celery import app as celery_app
+
+    entry = settings.CELERY_BEAT_SCHEDULE["prune-api-history"]
+    assert entry == {"task": "chat.api_completions.prune_api_history", "schedule": 24 * 3600}
+    assert entry["task"] in celery_app.tasks
+    assert celery_app.conf.beat_schedule == settings.CELERY_BEAT_SCHEDULE

@@ -9,13 +9,16 @@ import threading
 import uuid
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.db import DatabaseError, OperationalError, connection, transaction
 from django.test import RequestFactory, override_settings
 from django.utils import timezone
 
-from chat.audit import log as audit
+from chat.audit import record as audit
+from chat.audit.chain import ChainReport, event_hash, verify_chain
 from chat.audit.models import ZERO_HASH, AuditCheckpoint, AuditEvent, AuditImmutable
+from chat.audit.prune import prune
 from chat.conversations.models import Conversation
 from deepseek_web.celery import app as celery_app
 
@@ -51,7 +54,7 @@ def rehash_all() -> None:
     previous = ZERO_HASH
     for event in AuditEvent.objects.order_by("id"):
         event.prev_hash = previous
-        previous = audit.event_hash(event)
+        previous = event_hash(event)
         with connection.cursor() as cursor:
             cursor.execute("UPDATE chat_auditevent SET prev_hash = %s, hash = %s WHERE id = %s",
                            [event.prev_hash, previous, event.id])
@@ -111,7 +114,7 @@ def test_a_channels_scope_serves_as_the_request(alice):
     event = audit.record("model_call", request=scope)
     assert (event.ip, event.user_agent, event.request_id, event.actor_id) == ("2001:db8::1", "socket client",
                                                                                 "ws-1", alice.id)
-    assert audit.verify_chain().ok
+    assert verify_chain().ok
 
 
 def test_odd_values_are_stored_safely_and_still_verify():
@@ -124,7 +127,7 @@ def test_odd_values_are_stored_safely_and_still_verify():
     stored = AuditEvent.objects.get()
     assert (stored.latency_ms, stored.status, stored.detail["nan"], stored.detail["text"]) == (0, 32767, "NaN",
                                                                                              "ab?")
-    assert audit.verify_chain().ok
+    assert verify_chain().ok
 
 
 @pytest.mark.django_db(transaction=True)
@@ -135,7 +138,7 @@ async def test_async_code_records_through_arecord():
 
 
 def test_an_unknown_action_or_a_bad_id_is_kept_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="chat.audit.log"):
+    with caplog.at_level(logging.WARNING, logger="chat.audit.record"):
         event = audit.record("something_new", conversation_id="not-a-uuid", message_id="")
     assert (event.action, event.conversation_id, event.message_id) == ("something_new", None, None)
     assert "something_new" in caplog.text and "not-a-uuid" in caplog.text
@@ -146,7 +149,7 @@ def test_deleting_the_user_keeps_the_name_and_the_chain(alice):
     alice.delete()
     stored = AuditEvent.objects.get(id=event.id)
     assert (stored.actor_id, stored.actor_name) == (None, "alice")
-    assert audit.verify_chain().ok
+    assert verify_chain().ok
 
 
 # ---- the chain ---------------------------------------------------------------------------------
@@ -154,13 +157,13 @@ def test_each_event_carries_the_hash_of_the_one_before():
     events = chain(3)
     assert events[0].prev_hash == ZERO_HASH
     assert [e.prev_hash for e in events[1:]] == [e.hash for e in events[:-1]]
-    assert all(e.hash == audit.event_hash(AuditEvent.objects.get(id=e.id)) for e in events)
-    assert audit.verify_chain() == audit.ChainReport(ok=True, checked=3, first_broken_id=None, reason="")
+    assert all(e.hash == event_hash(AuditEvent.objects.get(id=e.id)) for e in events)
+    assert verify_chain() == ChainReport(ok=True, checked=3, first_broken_id=None, reason="")
     assert run_command() == (0, "OK: 3 events verified\n")
 
 
 def test_an_empty_log_verifies():
-    assert audit.verify_chain().ok and run_command() == (0, "OK: 0 events verified\n")
+    assert verify_chain().ok and run_command() == (0, "OK: 0 events verified\n")
 
 
 @pytest.mark.parametrize("attempt", ["save", "delete", "update", "queryset delete", "bulk_create", "bulk_update"])
@@ -187,7 +190,7 @@ def test_a_row_altered_by_raw_sql_is_reported_at_that_event():
     events = chain(5)
     with connection.cursor() as cursor:
         cursor.execute("UPDATE chat_auditevent SET model = 'x' WHERE id = %s", [events[2].id])
-    report = audit.verify_chain()
+    report = verify_chain()
     assert (report.ok, report.first_broken_id, report.checked) == (False, events[2].id, 2)
     assert "altered" in report.reason
     code, output = run_command()
@@ -198,7 +201,7 @@ def test_a_deleted_middle_row_is_reported_at_the_next_event():
     events = chain(5)
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM chat_auditevent WHERE id = %s", [events[2].id])
-    report = audit.verify_chain()
+    report = verify_chain()
     assert (report.ok, report.first_broken_id) == (False, events[3].id) and "deleted" in report.reason
     code, output = run_command()
     assert code == 1 and f"BROKEN at event {events[3].id}" in output
@@ -210,22 +213,22 @@ def test_a_forged_hash_that_matches_the_forged_row_breaks_the_next_link():
     forged.verdict = "allowed"
     with connection.cursor() as cursor:
         cursor.execute("UPDATE chat_auditevent SET verdict = %s, hash = %s WHERE id = %s",
-                       ["allowed", audit.event_hash(forged), forged.id])
-    assert audit.verify_chain().first_broken_id == events[2].id
+                       ["allowed", event_hash(forged), forged.id])
+    assert verify_chain().first_broken_id == events[2].id
 
 
 def test_a_limited_verification_checks_only_the_newest_events_and_their_link():
     events = chain(5)
-    report = audit.verify_chain(limit=2)
+    report = verify_chain(limit=2)
     assert (report.ok, report.checked, report.partial) == (True, 2, True)
-    assert audit.verify_chain(limit=10) == audit.ChainReport(ok=True, checked=5, first_broken_id=None, reason="")
+    assert verify_chain(limit=10) == ChainReport(ok=True, checked=5, first_broken_id=None, reason="")
     with connection.cursor() as cursor:
         cursor.execute("UPDATE chat_auditevent SET model = 'x' WHERE id = %s", [events[0].id])
         cursor.execute("DELETE FROM chat_auditevent WHERE id = %s", [events[2].id])
     # The window (events 3 and 4) misses the altered first event, but sees the deletion right before it
-    assert audit.verify_chain(limit=2).first_broken_id == events[3].id
-    assert audit.verify_chain(limit=1).ok
-    assert audit.verify_chain().first_broken_id == events[0].id
+    assert verify_chain(limit=2).first_broken_id == events[3].id
+    assert verify_chain(limit=1).ok
+    assert verify_chain().first_broken_id == events[0].id
 
 
 @pytest.mark.django_db(transaction=True)
@@ -252,7 +255,7 @@ def test_concurrent_writers_build_one_unbroken_chain():
     assert len(results) == 100 and all(results) and audit.failures() == failures_before
     assert AuditEvent.objects.count() == 100
     assert len(set(AuditEvent.objects.values_list("prev_hash", flat=True))) == 100
-    assert audit.verify_chain() == audit.ChainReport(ok=True, checked=100, first_broken_id=None, reason="")
+    assert verify_chain() == ChainReport(ok=True, checked=100, first_broken_id=None, reason="")
 
 
 # ---- pruning -----------------------------------------------------------------------------------
@@ -263,31 +266,31 @@ def test_prune_deletes_old_events_behind_a_checkpoint_and_the_chain_still_verifi
         backdate(event, 400)
     rehash_all()
     # When events older than 365 days are pruned
-    assert audit.prune(365) == 3
+    assert prune(365) == 3
     # Then the two recent ones stay, a checkpoint holds the last pruned one, and the chain verifies
     assert list(AuditEvent.objects.order_by("id").values_list("id", flat=True)) == [events[3].id, events[4].id]
     checkpoint = AuditCheckpoint.objects.get()
     assert (checkpoint.last_event_id, checkpoint.last_hash, checkpoint.pruned) == (
         events[2].id, AuditEvent.objects.get(id=events[3].id).prev_hash, 3)
-    assert audit.verify_chain() == audit.ChainReport(ok=True, checked=2, first_broken_id=None, reason="")
-    assert audit.prune(365) == 0 and AuditCheckpoint.objects.count() == 1
+    assert verify_chain() == ChainReport(ok=True, checked=2, first_broken_id=None, reason="")
+    assert prune(365) == 0 and AuditCheckpoint.objects.count() == 1
     # And a deletion just after the checkpoint is still caught
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM chat_auditevent WHERE id = %s", [events[3].id])
-    assert audit.verify_chain().first_broken_id == events[4].id
+    assert verify_chain().first_broken_id == events[4].id
 
 
 def test_after_pruning_everything_new_events_link_to_the_checkpoint():
     events = chain(2)
-    assert audit.prune(0) == 2 and not AuditEvent.objects.exists()
+    assert prune(0) == 2 and not AuditEvent.objects.exists()
     new = audit.record("login")
     assert new.prev_hash == events[-1].hash == AuditCheckpoint.objects.get().last_hash
-    assert audit.verify_chain() == audit.ChainReport(ok=True, checked=1, first_broken_id=None, reason="")
+    assert verify_chain() == ChainReport(ok=True, checked=1, first_broken_id=None, reason="")
 
 
 def test_checkpoints_cannot_be_changed_or_deleted():
     chain(1)
-    audit.prune(0)
+    prune(0)
     checkpoint = AuditCheckpoint.objects.get()
     with pytest.raises(AuditImmutable):
         checkpoint.save()
@@ -303,9 +306,9 @@ def test_the_retention_task_reads_the_setting_and_is_scheduled_daily():
     rehash_all()
     with override_settings(AUDIT_RETENTION_DAYS=30):
         assert celery_app.tasks["chat.audit.prune_audit_events"].apply().get() == 1
-    assert AuditEvent.objects.count() == 2 and audit.verify_chain().ok
-    assert audit.BEAT_SCHEDULE["prune-audit-events"] == {"task": "chat.audit.prune_audit_events",
-                                                         "schedule": 24 * 3600}
+    assert AuditEvent.objects.count() == 2 and verify_chain().ok
+    assert settings.CELERY_BEAT_SCHEDULE["prune-audit-events"] == {"task": "chat.audit.prune_audit_events",
+                                                                   "schedule": 24 * 3600}
 
 
 # ---- failures never reach the caller ----------------------------------------------------------
@@ -319,7 +322,7 @@ def test_when_the_audit_insert_fails_record_returns_none_logs_counts_and_the_cal
     monkeypatch.setattr(AuditEvent, "save", broken_insert)
     before, events_before = audit.failures(), AuditEvent.objects.count()
     # When a caller records inside its own transaction, and goes on writing after
-    with caplog.at_level(logging.ERROR, logger="chat.audit.log"), transaction.atomic():
+    with caplog.at_level(logging.ERROR, logger="chat.audit.record"), transaction.atomic():
         Conversation.objects.create(user=alice, model="deepseek-chat", title="first")
         assert audit.record("conversation_deleted", actor=alice) is None
         Conversation.objects.create(user=alice, model="deepseek-chat", title="second")
@@ -340,7 +343,7 @@ def test_a_run_of_audit_failures_logs_one_traceback_then_one_line_each_until_a_w
 
     monkeypatch.setattr(audit, "_in_failure_run", False)
     monkeypatch.setattr(AuditEvent, "save", broken_insert)
-    with caplog.at_level(logging.ERROR, logger="chat.audit.log"):
+    with caplog.at_level(logging.ERROR, logger="chat.audit.record"):
         for _ in range(3):
             assert audit.record("login", actor=alice) is None
         monkeypatch.undo()  # the database is back
@@ -359,4 +362,4 @@ def test_an_event_recorded_in_a_transaction_that_rolls_back_goes_with_it(alice):
         raise RuntimeError("the request failed")
     assert not exports.exists()
     audit.record("conversation_exported", actor=alice)  # after the caller's transaction: kept
-    assert exports.count() == 1 and audit.verify_chain().ok
+    assert exports.count() == 1 and verify_chain().ok

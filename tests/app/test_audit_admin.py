@@ -9,11 +9,11 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.db import connection
 
-from chat.audit import log as audit
+from chat.audit import record as audit
 from chat.audit.admin import CSV_FIELDS
+from chat.audit.chain import verify_chain
 from chat.audit.models import AuditEvent
 from chat.moderation.models import ModerationRule
-
 from tests.support.browser import PASSWORD, BrowserTestCase
 
 LIST = "/admin/audit/auditevent/"
@@ -193,11 +193,12 @@ def test_rule_changes_in_the_admin_become_admin_change_events(admin_client, admi
     assert response.status_code == 302 and not ModerationRule.objects.exists()
     # Then each left an admin_change event by that user, and the chain holds
     changes = AuditEvent.objects.filter(action="admin_change").order_by("id")
+    rule = "moderation.moderationrule"
     assert [(e.actor_id, e.detail["operation"], e.detail["object_type"]) for e in changes] == [
-        (admin_user.id, "addition", "chat.moderationrule"), (admin_user.id, "change", "chat.moderationrule"),
-        (admin_user.id, "deletion", "chat.moderationrule"), (admin_user.id, "deletion", "chat.moderationrule")]
+        (admin_user.id, "addition", rule), (admin_user.id, "change", rule),
+        (admin_user.id, "deletion", rule), (admin_user.id, "deletion", rule)]
     assert "Enabled" in changes[1].detail["change_message"]
-    assert audit.verify_chain().ok
+    assert verify_chain().ok
 
 
 @pytest.mark.django_db

@@ -26,7 +26,7 @@ from PIL import Image
 
 from chat.accounts import api_keys
 from chat.accounts.models import ApiKey
-from chat.audit import log as audit
+from chat.audit import record as audit
 from chat.audit.models import AuditEvent
 from chat.conversations import actions, exports, uploads
 from chat.conversations.models import Attachment, Conversation, Message
@@ -329,7 +329,8 @@ ADMIN_SITE: dict[str, Row] = {
     "admin/jsi18n/": Row(fixed("/admin/jsi18n/"), {"GET": staff_area(200, staff=200)}),
     # Conversations have no public URL to send staff to.
     "admin/r/<path:content_type_id>/<path:object_id>/": Row(view_on_site_url, {"GET": staff_area(404, staff=404)}),
-    "admin/(?P<app_label>auth|axes|audit|moderation|chat)/$": Row(fixed("/admin/chat/"), {"GET": staff_area(200, staff=404)}),
+    "admin/(?P<app_label>auth|axes|audit|moderation|chat)/$": Row(fixed("/admin/chat/"),
+                                                                  {"GET": staff_area(200, staff=404)}),
     "admin/(?P<url>.*)$": Row(fixed("/admin/no-such-page/"), {"GET": staff_area(404, staff=404)}),
 }
 
@@ -354,7 +355,7 @@ ADMIN_MODELS = {
     "axes/accessfailurelog": AdminModel(add=False, change_post=302),
     "chat/conversation": AdminModel(),
     "chat/message": AdminModel(),
-    # The audit log is evidence: read-only even for a superuser (chat/audit_admin.py).
+    # The audit log is evidence: read-only even for a superuser (chat/audit/admin.py).
     "audit/auditevent": AdminModel(add=False, change_post=403, delete=False),
     "moderation/moderationrule": AdminModel(),
 }
@@ -422,7 +423,7 @@ def url_routes(patterns: list | None = None, prefix: str = "") -> list[str]:
 def test_every_url_pattern_has_a_row_in_the_matrix():
     served = set(url_routes())
     missing = sorted(served - set(TABLE))
-    assert not missing, "URL patterns with no row in tests/app/test_authorization_matrix.py (say who may reach them): " \
+    assert not missing, "URL patterns with no row in the authorization matrix (say who may reach them): " \
                         + ", ".join(missing)
     assert not sorted(set(TABLE) - served), "rows for URL patterns that no longer exist"
 

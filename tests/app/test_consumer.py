@@ -9,7 +9,6 @@ from channels.testing import WebsocketCommunicator
 
 from chat.conversations.models import Conversation, Message
 from deepseek_web.asgi import application
-
 from tests.support.sockets import open_socket, receive, send
 
 pytestmark = [pytest.mark.django_db(transaction=True)]

@@ -17,7 +17,6 @@ from chat.conversations.exports import (
 )
 from chat.conversations.models import Conversation, Message
 from chat.core.served_models import default_model
-
 from tests.support.xss_corpus import PAYLOADS
 
 pytestmark = pytest.mark.django_db

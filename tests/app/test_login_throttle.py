@@ -7,7 +7,7 @@ from axes.models import AccessAttempt
 from django.conf import settings
 from django.test import AsyncClient
 
-from chat.audit.log import verify_chain
+from chat.audit.chain import verify_chain
 from chat.audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""Message floods per user, across tabs and conversations (chat/message_limits.py): refused with a clear
+"""Message floods per user, across tabs and conversations (chat/conversations/message_limits.py): refused with a clear
 error, and nothing written for the refused message."""
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from channels.db import database_sync_to_async
 from chat.conversations import actions, message_limits
 from chat.conversations.models import Conversation, Message
 from chat.core.errors import ChatError
-
 from tests.support.sockets import open_socket, receive, send
 
 pytestmark = [pytest.mark.django_db(transaction=True)]

@@ -9,19 +9,22 @@ from pathlib import Path
 import pytest
 from django.db import DatabaseError
 
-from chat.moderation import rules as moderation
+from chat.moderation import classifier as moderation_classifier
+from chat.moderation import moderator as moderation
+from chat.moderation.classifier import Classifier
 from chat.moderation.defaults import DEFAULT_RULES
+from chat.moderation.models import ModerationRule
+from chat.moderation.moderator import Moderator, current_moderator
+from chat.moderation.normalize import normalize
+from chat.moderation.output_watch import MAX_PENDING, OutputWatch
 from chat.moderation.rules import (
     ALLOWED,
-    MAX_PENDING,
+    APPLIES_TO,
+    REGEX_SPAN,
     WINDOW,
-    Classifier,
-    Moderator,
     Rule,
     RuleSet,
     Verdict,
-    current_moderator,
-    normalize,
     pattern_error,
 )
 
@@ -38,7 +41,7 @@ def blocks(rules: list[Rule], text: str, direction: str = "input") -> bool:
     return not RuleSet(rules, direction).check(text).allowed
 
 
-def stream(watch: moderation.OutputWatch, deltas: list[str]) -> list[bool]:
+def stream(watch: OutputWatch, deltas: list[str]) -> list[bool]:
     """Which deltas the watch said were blocked."""
     return [not watch.feed(delta).allowed for delta in deltas]
 
@@ -211,7 +214,7 @@ def test_a_regex_that_matches_empty_text_is_refused_rather_than_blocking_everyth
 
 
 def test_a_regex_match_across_the_boundary_of_two_scan_spans_is_found():
-    text = "x " * (moderation.REGEX_SPAN // 2 - 3) + "secret-token-123 " + "y " * 3000
+    text = "x " * (REGEX_SPAN // 2 - 3) + "secret-token-123 " + "y " * 3000
 
     assert blocks([regex(r"secret-token-\d+(?![\d])")], text)
 
@@ -246,7 +249,7 @@ def test_the_shipped_rules_are_a_modest_list_with_stable_unique_ids_that_all_com
     assert len(set(ids)) == len(ids)
     assert all(rule.id.startswith(f"default:{rule.category}-") for rule in DEFAULT_RULES)
     assert [rule.id for rule in DEFAULT_RULES if pattern_error(rule.kind, rule.pattern)] == []
-    assert {rule.applies_to for rule in DEFAULT_RULES} <= set(moderation.APPLIES_TO)
+    assert {rule.applies_to for rule in DEFAULT_RULES} <= set(APPLIES_TO)
 
 
 @pytest.mark.parametrize(
@@ -503,7 +506,7 @@ def test_the_classifier_model_is_loaded_once_per_process(harmless_model, monkeyp
     loads = []
     real = transformers.pipeline
     monkeypatch.setattr(transformers, "pipeline", lambda *args, **kwargs: loads.append(kwargs) or real(*args, **kwargs))
-    monkeypatch.setattr(moderation, "_pipelines", {})
+    monkeypatch.setattr(moderation_classifier, "_pipelines", {})
 
     for _ in range(3):
         Classifier(harmless_model).check("hello")
@@ -624,7 +627,7 @@ def test_a_configured_classifier_joins_the_process_moderator(admin_rules, settin
 def test_a_settings_rule_without_a_pattern_is_skipped(admin_rules, settings, clock, caplog):
     settings.MODERATION_EXTRA_RULES = [{"kind": "keyword"}, {"pattern": "beta"}]
 
-    with caplog.at_level(logging.WARNING, logger="chat.moderation.rules"):
+    with caplog.at_level(logging.WARNING, logger="chat.moderation.moderator"):
         moderator = current_moderator()
 
     assert "entry 1" in caplog.text
@@ -637,20 +640,10 @@ def test_an_admin_row_becomes_a_rule_with_a_db_id():
     assert moderation.rule_from_model(row) == Rule("db:42", "regex", "x+y", "custom", "output")
 
 
-def test_without_the_admin_rule_model_there_are_no_database_rules(monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "chat.audit.models", types.ModuleType("chat.audit.models"))
-
-    assert moderation._db_rules() == []
-
-
 @pytest.mark.django_db
 def test_enabled_rules_saved_in_the_admin_apply_without_a_restart(settings, clock):
     """Given the admin's rule table, when staff add an enabled and a disabled rule, then only the enabled
     one blocks, once the TTL has passed."""
-    try:
-        from chat.moderation.models import ModerationRule
-    except ImportError:
-        pytest.skip("the admin's moderation rules are not installed")
     settings.MODERATION_ENABLED = True
     settings.MODERATION_RULES_TTL = 5
     moderation.invalidate()

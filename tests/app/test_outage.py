@@ -20,7 +20,6 @@ from django.test import Client
 from chat.accounts import api_keys
 from chat.conversations.models import Conversation, Message
 from deepseek_web.asgi import application
-
 from tests.support.conformance import assert_conforms
 from tests.support.sockets import open_socket, receive, send
 
@@ -197,7 +196,8 @@ async def test_a_send_during_the_outage_gets_unavailable_and_the_socket_stays_op
     assert question["message"]["client_id"] == "c-2" and answer["message"]["status"] == "pending"
     assert broker.llen(QUEUE) == 1
     warnings, _ = outage_lines(caplog)
-    assert len(warnings) == 1 and not [r for r in caplog.records if r.name == "chat.conversations.consumers" and r.exc_info]
+    consumer = "chat.conversations.consumers"
+    assert len(warnings) == 1 and not [r for r in caplog.records if r.name == consumer and r.exc_info]
     await socket.disconnect()
 
 
@@ -238,7 +238,8 @@ async def test_a_socket_opened_during_the_outage_is_closed_with_4503(conversatio
 
 
 async def test_an_outage_while_the_consumer_checks_the_owner_closes_with_4503(conversation, alice):
-    with mock.patch("chat.conversations.actions.get_conversation", side_effect=OperationalError("the server went away")):
+    down = OperationalError("the server went away")
+    with mock.patch("chat.conversations.actions.get_conversation", side_effect=down):
         socket = await open_socket(alice, conversation.id)
         assert await socket.receive_output(timeout=5) == {"type": "websocket.close", "code": 4503}
 

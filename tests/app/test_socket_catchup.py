@@ -1,4 +1,4 @@
-"""A socket whose answer frames stop coming catches up from the row (chat/socket_catchup.py):
+"""A socket whose answer frames stop coming catches up from the row (chat/conversations/following.py):
 frames lost on the way, or a restarted Redis that forgot the socket's group membership."""
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from chat.conversations import events, socket_catchup
+from chat.conversations import events, following
+from chat.conversations.following import Follower
 from chat.conversations.frames import delta_frame
 from chat.conversations.models import Conversation, Message
-from chat.conversations.socket_catchup import CatchUp
-
 from tests.support.sockets import open_socket, receive, send
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -18,7 +17,7 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture(autouse=True)
 def quick_catchup(monkeypatch):
-    monkeypatch.setattr(socket_catchup, "QUIET_SECONDS", 0.4)
+    monkeypatch.setattr(following, "CATCH_UP_SECONDS", 0.4)
 
 
 @pytest.fixture
@@ -81,14 +80,14 @@ async def test_another_conversations_rows_are_never_read(alice, bob, answer):
     theirs = await database_sync_to_async(Conversation.objects.create)(user=bob, model="deepseek-chat")
     # A frame naming alice's answer on bob's socket (it cannot come through his group, but say it did)
     # is followed, yet the row is looked up in the socket's own conversation only.
-    catchup = CatchUp(quiet_seconds=0)
+    catchup = Follower(theirs.id, quiet_seconds=0)
     catchup.heard({"type": "delta", "message_id": str(answer.id), "seq": 0})
-    frames = await database_sync_to_async(catchup.catch_up)(theirs.id, catchup.quiet())
+    frames = await database_sync_to_async(catchup.catch_up)(catchup.quiet())
     assert frames == [] and catchup.active == {}
 
 
 def test_it_follows_active_answers_and_forgets_finished_ones():
-    catchup = CatchUp(quiet_seconds=3)
+    catchup = Follower("a-conversation", quiet_seconds=3)
     catchup.heard({"type": "message", "message": {"id": "a", "role": "assistant", "status": "pending", "seq": 0}},
                   now=0)
     catchup.heard({"type": "message", "message": {"id": "q", "role": "user", "status": "done", "seq": 0}}, now=0)

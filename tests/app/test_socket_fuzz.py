@@ -23,17 +23,16 @@ from chat.conversations import actions, uploads
 from chat.conversations.consumers import ChatConsumer, _shown_type
 from chat.conversations.models import Attachment, Conversation, Message
 from chat.core.errors import ChatError
-
 from tests.support.sockets import open_socket, receive, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# Every code a socket error frame may carry (chat/consumers.py, chat/actions.py, chat/uploads.py).
+# Every code a socket error frame may carry (chat/conversations/: consumers.py, actions.py, uploads.py).
 KNOWN_CODES = {
     "rate_limited", "invalid_frame", "frame_too_large", "invalid_json", "unknown_type", "invalid_id", "not_found",
     "unknown_model", "empty_message", "invalid_content", "prompt_too_long", "content_filter", "busy",
     "vision_unsupported", "not_running", "too_many_attachments",
-    "unavailable",  # the database is down (chat/outage.py): not a crash, the user retries
+    "unavailable",  # the database is down (chat/core/outage.py): not a crash, the user retries
 }
 COMMANDS = sorted(ChatConsumer.COMMANDS)
 MAX_PROMPT = django_settings.MAX_PROMPT_CHARS

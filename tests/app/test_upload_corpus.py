@@ -26,7 +26,6 @@ from chat.conversations.models import Attachment, Conversation, Message
 from chat.core.worker_routing import Heartbeat
 from chat.images import validation as images
 from deepseek_web.asgi import application
-
 from tests.support.conformance import assert_conforms
 
 VISION = "deepseek-vl"

@@ -6,7 +6,6 @@ from channels.db import database_sync_to_async
 
 from chat.conversations import actions
 from chat.conversations.models import Conversation, Message
-
 from tests.support.sockets import open_socket, receive, send
 
 pytestmark = [pytest.mark.django_db(transaction=True)]

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from chat.audit.log import verify_chain
+from chat.audit.chain import verify_chain
 
 
 class Command(BaseCommand):

@@ -7,8 +7,8 @@ import time
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from chat.audit import log as audit
-from chat.moderation import rules as moderation
+from chat.audit import record as audit
+from chat.moderation import moderator as moderation
 
 PROMPT = ("Please summarise the attached meeting notes and list the action items for each person. "
           "请把会议纪要总结一下，并列出每个人的待办事项。 ")

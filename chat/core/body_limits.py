@@ -2,29 +2,24 @@
 
 CsrfViewMiddleware reads request.POST (parsing a whole multipart body into temporary files) before
 a view can look at the file's size. So this middleware, placed before it, compares Content-Length
-with what the view would accept and answers as the view would: the upload's JSON error, the import
-form's message. (Form posts elsewhere are capped by DATA_UPLOAD_MAX_MEMORY_SIZE, the /v1 API by
-API_MAX_BODY_BYTES in its view; the socket by its frame size.)
+with the cap the view declares (chat.core.view_declarations.body_limit) and answers as the view
+would: the upload's JSON error, the import form's message. (Form posts elsewhere are capped by
+DATA_UPLOAD_MAX_MEMORY_SIZE, the /v1 API by API_MAX_BODY_BYTES in its view; the socket by its frame size.)
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 
-from chat.conversations import exports
+from chat.core.view_declarations import BODY_LIMIT, BodyLimit, declared
 
 # Room for the multipart envelope around the file: boundaries, part headers, the CSRF token field.
 MULTIPART_SLACK = 64 * 1024
 
 
-def _limits() -> dict[str, int]:
-    return {"upload_attachment": settings.ATTACHMENT_MAX_BYTES, "import_conversation": exports.IMPORT_MAX_BYTES}
-
-
-def _declared(request: HttpRequest) -> int:
+def _declared_length(request: HttpRequest) -> int:
     try:
         return max(0, int(request.META.get("CONTENT_LENGTH") or 0))
     except ValueError:
@@ -39,17 +34,12 @@ class BodyLimitMiddleware:
         return self.get_response(request)
 
     def process_view(self, request: HttpRequest, view, args, kwargs) -> HttpResponse | None:
-        match = request.resolver_match
-        limit = _limits().get(match.url_name if match else "")
+        limit: BodyLimit | None = declared(view, BODY_LIMIT)
         if request.method != "POST" or limit is None:
             return None
-        declared = _declared(request)
-        if declared <= limit + MULTIPART_SLACK:
+        length = _declared_length(request)
+        if length <= limit.max_bytes() + MULTIPART_SLACK:
             return None
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
-        from chat.conversations import attachment_views, views
-
-        refuse = {"upload_attachment": attachment_views.refuse_oversized,
-                  "import_conversation": views.refuse_oversized_import}[match.url_name]
-        return refuse(request, declared)
+        return limit.refuse(request, length)

@@ -1,4 +1,4 @@
-"""/readyz: can this site answer? The database, Redis, and at least one live worker per configured model."""
+"""The probes: /healthz (the process answers) and /readyz (the database, Redis, and a live worker per model)."""
 from __future__ import annotations
 
 import logging
@@ -128,3 +128,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
         response._has_been_logged = True  # type: ignore[attr-defined]
     return response
 
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})

@@ -1,18 +1,30 @@
 """URL roots: accounts, admin, languages, health, the /v1 API, and the chat pages."""
 from django.contrib import admin
-from django.urls import include, path
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import include, path, re_path
 
 from chat.api import views as api_views
-from chat.conversations import views
 from deepseek_web import health, metrics_endpoint
 
+# Models that moved app in the re-layout (ApiKey and ApiUsage to accounts, the audit log to audit, the
+# rules to moderation) have new admin addresses: old bookmarks and links land on the new pages.
+MOVED_ADMIN_MODELS = {"apikey": "accounts", "apiusage": "accounts", "auditevent": "audit",
+                      "auditcheckpoint": "audit", "moderationrule": "moderation"}
+
+
+def moved_admin_page(request: HttpRequest, model: str, rest: str) -> HttpResponseRedirect:
+    query = request.META.get("QUERY_STRING", "")
+    return HttpResponseRedirect(f"/admin/{MOVED_ADMIN_MODELS[model]}/{model}/{rest}" + (f"?{query}" if query else ""))
+
+
 urlpatterns = [
+    re_path(r"^admin/chat/(?P<model>apikey|apiusage|auditevent|auditcheckpoint|moderationrule)/(?P<rest>.*)$",
+            moved_admin_page),
     path("admin/", admin.site.urls),
-    path("accounts/signup/", views.signup, name="signup"),
-    path("accounts/password_change/", views.AuditedPasswordChangeView.as_view(), name="password_change"),
+    path("", include("chat.accounts.urls")),  # before Django's: sign-up and the audited password change
     path("accounts/", include("django.contrib.auth.urls")),
     path("i18n/", include("django.conf.urls.i18n")),  # set_language: the choice is kept in a cookie
-    path("healthz", views.healthz, name="healthz"),
+    path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics_endpoint.metrics, name="metrics"),
     # The OpenAI/DeepSeek-compatible API; anything else under /v1/ answers a JSON 404.

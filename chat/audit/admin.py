@@ -83,7 +83,7 @@ class AuditEventAdmin(admin.ModelAdmin):
         return False
 
     def get_urls(self) -> list:
-        export = path("export/", self.admin_site.admin_view(self.export_view), name="chat_auditevent_export")
+        export = path("export/", self.admin_site.admin_view(self.export_view), name="audit_auditevent_export")
         return [export, *super().get_urls()]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:

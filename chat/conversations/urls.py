@@ -1,7 +1,6 @@
 """Chat pages."""
 from django.urls import path, re_path
 
-from chat.accounts import key_views as api_key_views
 from chat.conversations import attachment_views, views
 
 urlpatterns = [
@@ -18,6 +17,4 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/settings/", views.update_settings, name="conversation_settings"),
     re_path(r"^c/(?P<conversation_id>[0-9a-f-]{36})/export\.(?P<ext>md|json)$", views.export,
             name="export_conversation"),
-    path("account/api-keys/", api_key_views.api_keys_page, name="api_keys"),
-    path("account/api-keys/<uuid:key_id>/revoke/", api_key_views.revoke_api_key, name="revoke_api_key"),
 ]

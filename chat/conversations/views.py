@@ -1,21 +1,17 @@
-"""Pages: sign-up, the chat home, one conversation and what the sidebar does to it; the probes."""
+"""Pages: the chat home, one conversation and what the sidebar does to it (rename, delete, settings, export, import)."""
 from __future__ import annotations
 
 import datetime
 import json
 
 from django.contrib import messages as flash
-from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.forms import UserCreationForm
-from django.contrib.auth.views import PasswordChangeView
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_POST
 
-from chat.accounts import signups
 from chat.audit import record as audit
 from chat.conversations import actions, exports, threads
 from chat.conversations.actions import ChatError
@@ -27,26 +23,6 @@ from chat.core.ui_strings import ui_strings
 from chat.core.view_declarations import audited, body_limit, moderated
 
 SIDEBAR_LIMIT = 200
-
-
-@require_http_methods(["GET", "POST"])
-def signup(request: HttpRequest) -> HttpResponse:
-    if request.user.is_authenticated:
-        return redirect("home")
-    form = UserCreationForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        wait = signups.take_signup(request)
-        if wait is not None:
-            form.add_error(None, _("Too many accounts were created from your network in the last hour. "
-                                   "Try again later."))
-            response = render(request, "registration/signup.html", {"form": form}, status=429)
-            response["Retry-After"] = str(wait)
-            return response
-        user = form.save()
-        audit.record("signup", actor=user, request=request)
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        return redirect("home")
-    return render(request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200)
 
 
 def _sidebar_groups(conversations) -> list[tuple[str, list[Conversation]]]:
@@ -202,17 +178,3 @@ def import_conversation(request: HttpRequest) -> HttpResponse:
         return _page(request, status=400, import_error=_("The file could not be imported: %(reason)s")
                      % {"reason": exc.message})
     return redirect("conversation", conversation_id=imported.id)
-
-
-class AuditedPasswordChangeView(PasswordChangeView):
-    """Django's password change, with an audit event when it succeeds."""
-
-    def form_valid(self, form):
-        response = super().form_valid(form)
-        audit.record("password_change", request=self.request)
-        return response
-
-
-@require_GET
-def healthz(request: HttpRequest) -> HttpResponse:
-    return JsonResponse({"status": "ok"})

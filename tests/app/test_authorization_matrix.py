@@ -329,6 +329,10 @@ ADMIN_SITE: dict[str, Row] = {
     "admin/jsi18n/": Row(fixed("/admin/jsi18n/"), {"GET": staff_area(200, staff=200)}),
     # Conversations have no public URL to send staff to.
     "admin/r/<path:content_type_id>/<path:object_id>/": Row(view_on_site_url, {"GET": staff_area(404, staff=404)}),
+    # The old admin addresses of the models that moved app lead to their new ones, for anyone (the admin
+    # then decides who may see them).
+    "^admin/chat/(?P<model>apikey|apiusage|auditevent|auditcheckpoint|moderationrule)/(?P<rest>.*)$": Row(
+        fixed("/admin/chat/auditevent/"), {"GET": everyone(To(r"/admin/audit/auditevent/"))}),
     "admin/(?P<app_label>auth|axes|audit|moderation|chat)/$": Row(fixed("/admin/chat/"),
                                                                   {"GET": staff_area(200, staff=404)}),
     "admin/(?P<url>.*)$": Row(fixed("/admin/no-such-page/"), {"GET": staff_area(404, staff=404)}),

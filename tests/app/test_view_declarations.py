@@ -60,3 +60,10 @@ def test_it_refuses_an_oversized_body_unread_for_a_view_served_under_a_new_url_n
 def test_a_view_that_declares_nothing_is_not_audited(client):
     assert client.get("/healthz").status_code == 200
     assert not AuditEvent.objects.filter(action="http_request").exists()
+
+
+def test_an_old_admin_address_of_a_moved_model_leads_to_its_new_one(admin_client):
+    response = admin_client.get("/admin/chat/moderationrule/add/?kind=regex")
+
+    assert response.status_code == 302 and response["Location"] == "/admin/moderation/moderationrule/add/?kind=regex"
+    assert admin_client.get(response["Location"]).status_code == 200

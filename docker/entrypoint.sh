@@ -35,7 +35,7 @@ case "${1:-web}" in
         queue=$(python -c '
 import sys, django
 django.setup()
-from inference.registry import all_models
+from chat.core.served_models import all_models
 spec = all_models().get(sys.argv[1])
 if spec is None:
     sys.exit(f"WORKER_MODEL={sys.argv[1]!r} is not a name in DEEPSEEK_MODELS")

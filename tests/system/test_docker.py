@@ -463,3 +463,13 @@ def test_the_sizing_architectures_match_the_published_parameter_counts():
         size = re.search(r"-(\d+(?:\.\d+)?B)$", arch.name).group(1)
         total = arch.linear_params() + arch.other_params()
         assert abs(total - published[size]) / published[size] < 0.01, (arch.name, total)
+
+
+def test_the_images_carry_no_devtools():
+    # The load suites and benchmarks stay out of the build context, so no COPY can bring them in.
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "chat/devtools" in ignored and "tests" in ignored
+    for name, instructions in _stages().items():
+        for instruction, args in instructions:
+            if instruction in ("COPY", "ADD"):
+                assert "devtools" not in args, f"stage {name}: {instruction} {args}"

@@ -153,3 +153,20 @@ def test_it_serves_hashed_static_files_cached_for_ever(probe):
     assert probe["static"] != "/static/chat/chat.css"
     assert probe["static_https"]["status"] == 200
     assert "immutable" in probe["static_https"]["cache"]
+
+
+def test_it_leaves_the_devtools_out_and_keeps_every_product_command(tmp_path):
+    result = production(["manage.py", "help", "--commands"], tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    commands = set(result.stdout.split())
+    assert {"resilience", "bench_inference", "bench_stream", "bench_guardrails"}.isdisjoint(commands)
+    assert {"create_api_key", "verify_audit_chain", "build_demo_models", "migrate"} <= commands
+
+
+def test_outside_production_the_devtools_commands_are_there():
+    result = subprocess.run([sys.executable, "manage.py", "help", "--commands"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert {"resilience", "bench_inference", "bench_stream", "bench_guardrails"} <= set(result.stdout.split())

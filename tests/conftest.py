@@ -94,7 +94,8 @@ def demo_model_path():
     # pytest-xdist's workers start together: one builds, the others wait for it and find them built.
     with open(settings.DEMO_MODELS_DIR / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (path / "config.json").exists() or not (settings.DEMO_MODELS_DIR / "demo-vision" / "config.json").exists():
+        vision = settings.DEMO_MODELS_DIR / "demo-vision"
+        if not (path / "config.json").exists() or not (vision / "config.json").exists():
             call_command("build_demo_models", if_missing=True)
     return path
 

@@ -8,7 +8,6 @@ import re
 from PIL import Image
 
 from chat.conversations.models import Attachment
-
 from tests.support.browser import BrowserTestCase
 
 

@@ -5,7 +5,6 @@ import json
 import re
 
 from chat.conversations.models import Conversation, Message
-
 from tests.support.browser import BrowserTestCase
 from tests.support.xss_corpus import PAYLOADS
 

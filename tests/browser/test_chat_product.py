@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
+import uuid
 
 from django.test import override_settings
 
 from chat.conversations.models import Conversation, Message
-
 from tests.support.browser import ECHO, GREEDY_DEMO, VISION, BrowserTestCase
 
 MARKDOWN = """# Plan
@@ -109,8 +110,13 @@ class ChatProductTests(BrowserTestCase):
         assert page.locator(".message.user .content").all_inner_texts() == ["first question", "second question"]
         # Back on a branch, the newest answers show; pick version 2 of the last one again.
         page.locator(".message.assistant").last.locator(".version-prev").click()
-        # The reloaded page shows the branch last picked, with the answer version last picked.
-        page.wait_for_timeout(300)  # the select frame is on its way
+        # The reloaded page shows the branch last picked, with the answer version last picked: reload once
+        # the select frame has been handled (the conversation's current leaf is the version on show).
+        shown = uuid.UUID(page.locator(".message.assistant").last.get_attribute("data-message-id"))
+        conversation = Conversation.objects.get(user__username="hank")
+        deadline = time.monotonic() + 60  # only against hanging
+        while Conversation.objects.get(id=conversation.id).current_leaf_id != shown and time.monotonic() < deadline:
+            time.sleep(0.1)
         page.reload()
         assert page.locator(".message.user .content").all_inner_texts() == ["first question", "second question"]
         assert page.locator(".message.assistant").last.locator(".version-label").inner_text() == "2/3"
@@ -251,7 +257,7 @@ class ChatProductTests(BrowserTestCase):
         routes[-1].close(code=1001, reason="network gone")
         page.wait_for_selector("#connection:not([hidden])")
         assert "Offline" in page.inner_text("#connection")
-        page.wait_for_selector("body[data-socket=open]", timeout=15_000)
+        page.wait_for_selector("body[data-socket=open]", timeout=60_000)  # the bound only guards against hanging
         assert page.is_hidden("#connection") and len(routes) == 2
         # Caught up from the row, then live again: the text keeps growing on the new socket.
         length = len(page.inner_text(".message.assistant .content"))

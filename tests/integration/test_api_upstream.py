@@ -13,7 +13,6 @@ from django.test import override_settings
 from chat.accounts.models import ApiUsage
 from chat.conversations.models import Conversation, Message
 from chat.worker import tasks
-
 from tests.support.api_server import API_MODELS, QUEUES, ApiServerTestCase
 from tests.support.echo_engine import EchoEngine
 
@@ -81,7 +80,8 @@ class UpstreamModelTest(ApiServerTestCase):
         assert not Conversation.objects.exists()
 
     def test_a_client_leaving_cancels_the_upstream_generation_too(self):
-        tasks._engines[self.echo_spec] = EchoEngine(chunk=1, pause=0.2)
+        # 400 characters, one every 0.5 s: the first 90 alone take 45 s, far longer than it takes to notice.
+        tasks._engines[self.echo_spec] = EchoEngine(chunk=1, pause=0.5)
         stream = self.openai_client().chat.completions.create(
             model="upstream-echo", messages=[{"role": "user", "content": "y" * 400}], stream=True)
         received = ""
@@ -90,7 +90,7 @@ class UpstreamModelTest(ApiServerTestCase):
             if len(received) >= 3:
                 break
         stream.close()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60  # only against hanging: the rows' states are what is awaited
         outer, inner = self.rows()
         while (outer.is_active or inner.is_active) and time.monotonic() < deadline:
             time.sleep(0.2)

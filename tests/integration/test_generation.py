@@ -5,14 +5,10 @@ import asyncio
 import time
 
 import pytest
-from celery.contrib.testing.worker import start_worker
-from celery.signals import worker_ready
 from channels.db import database_sync_to_async
 
 from chat.conversations.models import Conversation, Message
-from chat.worker.tasks import stop_engines
 from deepseek_web.celery import app as celery_app
-
 from tests.support.sockets import open_socket, receive, receive_until, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -20,16 +16,10 @@ QUEUE = "model.deepseek-chat"
 
 
 @pytest.fixture(scope="module")
-def worker(demo_model_path, django_db_blocker):
-    with django_db_blocker.unblock(), start_worker(
-        celery_app, pool="threads", concurrency=4, perform_ping_check=False, queues=[QUEUE],
-        loglevel="WARNING", shutdown_timeout=30,
-    ) as running:
-        # The command-line worker sends worker_ready when it starts consuming; the embedded
-        # one does not, so send it as the CLI would (loads the model, joins the routing).
-        worker_ready.send(sender=running.consumer)
+def worker(demo_model_path, running_worker):
+    # Announced as the CLI worker announces itself (loads the model, joins the routing).
+    with running_worker([QUEUE], concurrency=4) as running:
         yield running
-        stop_engines()  # an in-process worker sends no worker_shutdown: leave and stop the engines
 
 
 @pytest.fixture
@@ -189,16 +179,20 @@ async def test_a_model_that_cannot_load_fails_clearly_and_others_keep_working(wo
 
 
 async def test_stop_reaches_the_worker_at_once_not_at_its_next_save(worker, alice, broker, long_answers, settings):
-    settings.STREAM_FLUSH_SECONDS = 30  # saves (where the database flag is checked) are far apart
+    # Saves (where the database flag is checked) are far apart: after its first one the worker saves
+    # again only when this test is long over, and an answer that runs on to its end is `done`. So an
+    # answer that ends cancelled heard the stop itself, not the flag at a save: a state, whatever the
+    # machine's speed. (The writer's first save comes at once only when the clock has run longer than
+    # the interval: its last save counts from 0.)
+    settings.STREAM_FLUSH_SECONDS = min(600.0, time.monotonic() - 1)
     conversation = await new_conversation(alice)
     socket = await open_socket(alice, conversation.id)
     await send(socket, {"type": "send", "content": "Write a very long story"})
     _, answer = await receive(socket), await receive(socket)
     assert (await receive(socket))["type"] == "delta"
-    started = time.monotonic()
     await send(socket, {"type": "stop", "message_id": answer["message"]["id"]})
-    frames = await receive_until(socket, "done", timeout=5)
-    assert frames[-1]["finish_reason"] == "cancelled" and time.monotonic() - started < 3
+    frames = await receive_until(socket, "done", timeout=60)  # the bound only guards against hanging
+    assert frames[-1]["finish_reason"] == "cancelled"
     saved = await row(answer["message"]["id"])
     assert saved.status == "cancelled" and saved.completion_tokens < 1900
     await socket.disconnect()
@@ -212,7 +206,7 @@ async def test_an_answer_nobody_watches_is_cancelled_after_the_timeout(worker, a
     _, answer = await receive(socket), await receive(socket)
     assert (await receive(socket))["type"] == "delta"
     await socket.disconnect()  # the client goes away without a word
-    deadline = time.monotonic() + 8
+    deadline = time.monotonic() + 60  # only against hanging: the row's state is what is awaited
     saved = await row(answer["message"]["id"])
     while saved.status == "streaming" and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
@@ -224,7 +218,7 @@ async def test_an_answer_nobody_watches_is_cancelled_after_the_timeout(worker, a
 async def test_a_conversation_is_routed_to_the_worker_holding_its_cache(worker, alice, broker):
     from chat.core.worker_routing import live_workers, private_queue, queue_for
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # only against hanging
     while worker.hostname not in live_workers(QUEUE) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)  # the broker fixture cleared announcements; the next beat restores them
     conversation = await new_conversation(alice)
@@ -253,7 +247,7 @@ async def test_answers_queued_for_a_worker_that_went_silent_are_taken_by_a_live_
     await database_sync_to_async(celery_app.send_task)(GENERATE_TASK, args=[str(answer.id)], queue=ghost_queue)
     assert broker.llen(ghost_queue) == 1
     # …the live worker's next heartbeat moves it to the shared queue and answers it.
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # only against hanging
     saved = await row(answer.id)
     while saved.status != "done" and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
@@ -279,7 +273,7 @@ async def answer_with(user, seed: int | None = None, stop: list[str] | None = No
     watching = asyncio.create_task(keep_watching(answer.conversation_id))
     try:
         await database_sync_to_async(celery_app.send_task)(GENERATE_TASK, args=[str(answer.id)], queue=QUEUE)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # only against hanging
         saved = await row(answer.id)
         while saved.status in ("pending", "streaming") and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

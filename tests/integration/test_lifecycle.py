@@ -6,15 +6,13 @@ import datetime as dt
 import time
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from django.utils import timezone
 
-from chat.audit import log as audit
+from chat.audit import record as audit
 from chat.audit.models import AuditEvent
 from chat.conversations import actions, lifecycle
 from chat.conversations.models import Conversation, Message
 from chat.core.served_models import get_model
-from chat.worker.tasks import stop_engines
 from deepseek_web.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
@@ -128,21 +126,19 @@ def test_a_failed_send_leaves_no_key_so_a_sweep_queues_it_later(alice, queue, br
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_lost_answer_is_queued_again_and_answered_once_by_a_real_worker(alice, queue, broker, settings):
+def test_a_lost_answer_is_queued_again_and_answered_once_by_a_real_worker(alice, queue, broker, settings,
+                                                                          running_worker):
     settings.ABANDONED_AFTER_SECONDS = 600  # nobody watches this conversation: do not cancel the answer
     answer = ask(alice)
     lose_redis_data(broker, queue, answer)
     age(answer, lifecycle.REQUEUE_AFTER_SECONDS + 5)
     assert lifecycle.requeue_lost_answers() == 1
     assert lifecycle.requeue_lost_answers() == 0
-    with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=[queue],
-                      loglevel="WARNING", shutdown_timeout=30):
-        try:
-            deadline = time.monotonic() + 60
-            while Message.objects.get(id=answer.id).is_active and time.monotonic() < deadline:
-                time.sleep(0.2)
-        finally:
-            stop_engines()
+    # Not announced: it takes the requeued task from the shared queue, as any worker would.
+    with running_worker([queue], concurrency=2, announce=False):
+        deadline = time.monotonic() + 120  # only against hanging: the row's state is what is awaited
+        while Message.objects.get(id=answer.id).is_active and time.monotonic() < deadline:
+            time.sleep(0.2)
     answer.refresh_from_db()
     assert answer.status == "done" and answer.finish_reason in ("stop", "length") and answer.content
     # One generation wrote it, and the row holds exactly that generation's text, once.

@@ -16,8 +16,6 @@ from pathlib import Path
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
-from celery.contrib.testing.worker import start_worker
-from celery.signals import worker_ready
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient, Client
@@ -25,10 +23,7 @@ from django.test import AsyncClient, Client
 from chat.audit.models import AuditEvent
 from chat.conversations.models import Conversation, Message
 from chat.core import log_context
-from chat.worker.tasks import stop_engines
 from deepseek_web.asgi import application
-from deepseek_web.celery import app as celery_app
-
 from tests.support.api_server import ApiServerTestCase
 from tests.support.sockets import _session_cookie, open_socket, receive, receive_until, send
 
@@ -128,7 +123,7 @@ def test_the_plain_format_shows_the_request_id_in_brackets():
 
 
 def _log_a_line(log_format: str) -> subprocess.CompletedProcess:
-    code = ("import django, logging; django.setup(); from deepseek_web import log_context; "
+    code = ("import django, logging; django.setup(); from chat.core import log_context; "
             "log_context.begin(request_id='r-9'); logging.getLogger('chat.demo').warning('hello')")
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "deepseek_web.settings", "LOG_FORMAT": log_format}
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -179,15 +174,10 @@ def test_a_requests_log_lines_and_audit_event_carry_its_id(alice):
 
 # ---- socket → task → engine ----------------------------------------------------------------------
 @pytest.fixture
-def worker(demo_model_path, django_db_blocker, settings):
+def worker(demo_model_path, running_worker, settings):
     settings.ENGINE_BATCHING = True  # the engine's lines come from the task's thread also when batching
-    with django_db_blocker.unblock(), start_worker(
-        celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=["model.deepseek-chat"],
-        loglevel="WARNING", shutdown_timeout=30,
-    ) as running:
-        worker_ready.send(sender=running.consumer)
+    with running_worker(["model.deepseek-chat"], concurrency=2) as running:
         yield running
-        stop_engines()
 
 
 def _ids(records: list[logging.LogRecord]) -> set[tuple[str | None, str | None]]:
@@ -217,7 +207,8 @@ async def test_one_socket_send_logs_one_request_id_in_the_consumer_the_task_and_
     assert NEW_ID.fullmatch(connection_id) and number == "1"
     assert sent[0].conversation_id == str(conversation.id)
     # Then the web side (queueing, in the database thread), the task and the engine (worker threads) carry it
-    queued, task = logs.of("chat.conversations.actions", "queueing answer"), logs.of("chat.worker.tasks", "writing answer")
+    queued = logs.of("chat.conversations.actions", "queueing answer")
+    task = logs.of("chat.worker.tasks", "writing answer")
     engine = logs.of("inference.engine", "generation started") + logs.of("inference.engine", "generation finished")
     assert len(queued) == len(task) == 1 and len(engine) == 2
     assert _ids(queued + task + engine) == {(request_id, answer_id)}
@@ -248,7 +239,7 @@ async def test_a_handshakes_x_request_id_names_the_connection(alice):
 # ---- API → task → engine -------------------------------------------------------------------------
 class ApiRequestIdTest(ApiServerTestCase):
     def test_an_api_requests_x_request_id_reaches_the_workers_log_lines_and_the_audit(self):
-        with collected("inference") as logs:
+        with collected("chat", "inference") as logs:
             response = httpx.post(f"{self.base_url}/chat/completions", timeout=60, headers={
                 "Authorization": f"Bearer {self.key}", "X-Request-ID": "api-req-42"},
                 json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "Hello"}]})

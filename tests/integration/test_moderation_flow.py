@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
-from chat.audit import log as audit
+from chat.audit import record as audit
+from chat.audit.chain import verify_chain
 from chat.audit.models import AuditEvent
 from chat.conversations.models import Conversation, Message
 from chat.core.served_models import get_model
-from chat.moderation import rules as moderation
+from chat.moderation import moderator as moderation
 from chat.worker import tasks
-from deepseek_web.celery import app as celery_app
-
 from tests.support.echo_engine import EchoEngine
 from tests.support.sockets import open_socket, receive, receive_until, send
 
@@ -36,9 +34,9 @@ def echo_model(settings, demo_model_path):
 
 
 @pytest.fixture
-def echo_worker(echo_model, django_db_blocker):
-    with django_db_blocker.unblock(), start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False,
-                                                   queues=[ECHO_QUEUE], loglevel="WARNING") as running:
+def echo_worker(echo_model, running_worker):
+    # Not announced: answers reach it on the shared queue, and the echo engine is the test's.
+    with running_worker([ECHO_QUEUE], concurrency=2, announce=False) as running:
         yield running
 
 
@@ -123,7 +121,7 @@ async def test_every_generation_writes_one_audit_event_with_hashes_not_text(echo
     assert call.input_sha256 == call.output_sha256 == audit.text_sha256("hello audit")
     assert call.completion_tokens > 0 and call.latency_ms is not None and call.prompt_tokens > 0
     assert "hello audit" not in str(call.detail)
-    assert (await database_sync_to_async(audit.verify_chain)()).ok
+    assert (await database_sync_to_async(verify_chain)()).ok
     await socket.disconnect()
 
 
@@ -165,4 +163,4 @@ def test_account_and_chat_requests_are_audited(client, alice):
     assert failed.detail == {"username": "nora"} and failed.actor_id is None and failed.ip == "127.0.0.1"
     page = AuditEvent.objects.filter(action="http_request", detail__view="conversation").get()
     assert page.status == 200 and page.latency_ms is not None and page.actor_id == alice.id
-    assert audit.verify_chain().ok
+    assert verify_chain().ok

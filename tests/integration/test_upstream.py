@@ -14,8 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from celery.contrib.testing.worker import start_worker
-from celery.signals import worker_ready
 from channels.db import database_sync_to_async
 
 from chat.conversations.models import Conversation, Message
@@ -102,7 +100,7 @@ def refuse(status: int, body: dict[str, Any] | str) -> Reply:
     return play
 
 
-def endless(fake: FakeUpstream, every: float = 0.02, give_up_after: float = 10.0) -> Reply:
+def endless(fake: FakeUpstream, every: float = 0.02, give_up_after: float = 120.0) -> Reply:
     """Streams tokens until the client hangs up (or, if it never does, for `give_up_after` seconds)."""
     def play(handler: BaseHTTPRequestHandler) -> None:
         _begin_stream(handler)
@@ -198,10 +196,10 @@ def test_closing_the_stream_hangs_up_on_the_upstream_at_once(upstream):
     answer = engine_for(upstream).generate([{"role": "user", "content": "Go on forever"}],
                                            SamplingParams(max_new_tokens=10_000), GenerationStats())
     assert [next(answer).content for _ in range(3)] == ["la "] * 3
-    closed = time.monotonic()
     answer.close()  # what the worker does when Stop is pressed
-    assert upstream.hung_up.wait(2.0), "the upstream kept writing to a closed answer"
-    assert time.monotonic() - closed < 1.0
+    # While `answer` is held nothing else closes its connection (and the upstream would write on for two
+    # minutes): a hang-up the upstream sees now is close()'s doing. The bound only guards against hanging.
+    assert upstream.hung_up.wait(30), "the upstream kept writing to a closed answer"
 
 
 # ---- images --------------------------------------------------------------------------------------
@@ -312,11 +310,12 @@ def test_an_upstream_nobody_listens_on_fails_clearly():
 
 
 def test_a_silent_upstream_times_out(upstream):
-    upstream.reply = stream(3.0)  # headers, then nothing
+    silence = 30.0
+    upstream.reply = stream(silence)  # headers, then nothing
     started = time.monotonic()
     with pytest.raises(UpstreamError, match=r"did not answer within 0.5 s"):
         run(engine_for(upstream, timeout=0.5))
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < silence  # it gave up while the upstream was still silent
 
 
 def test_an_upstream_model_has_no_tokenizer_here():
@@ -346,14 +345,10 @@ def upstream_model(settings, upstream):
 
 
 @pytest.fixture
-def upstream_worker(upstream_model, django_db_blocker):
-    with django_db_blocker.unblock(), start_worker(
-        celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=[upstream_model.celery_queue],
-        loglevel="WARNING",
-    ) as running:
-        worker_ready.send(sender=running.consumer)  # as the CLI worker does: join the model's routing
+def upstream_worker(upstream_model, running_worker):
+    # Announced, as the CLI worker does: it joins the model's routing.
+    with running_worker([upstream_model.celery_queue], concurrency=2) as running:
         yield running
-        tasks.stop_engines()
 
 
 def _queued_answer(user) -> Message:
@@ -384,7 +379,8 @@ async def queued_and_watched(user, spec) -> AsyncIterator[Message]:
         watching.cancel()
 
 
-async def row_once(message: Message, condition: Callable[[Message], bool] = _ended, within: float = 20) -> Message:
+async def row_once(message: Message, condition: Callable[[Message], bool] = _ended, within: float = 60) -> Message:
+    """The row once `condition` holds (`within` seconds only guard against hanging)."""
     deadline = time.monotonic() + within
     saved = await database_sync_to_async(Message.objects.get)(id=message.id)
     while not condition(saved) and time.monotonic() < deadline:
@@ -441,6 +437,6 @@ async def test_stop_hangs_up_on_the_upstream(upstream, upstream_model, upstream_
         writing = await row_once(pending, lambda m: m.status == "streaming" and bool(m.content))
         assert writing.status == "streaming"
         await database_sync_to_async(do_request_stop)(alice, pending.id)
-        saved = await row_once(pending, within=5)
+        saved = await row_once(pending)
     assert saved.status == "cancelled" and saved.content.startswith("la la ")
-    assert upstream.hung_up.wait(1.0), "the upstream kept writing an answer that was stopped"
+    assert upstream.hung_up.wait(30), "the upstream kept writing an answer that was stopped"

@@ -5,20 +5,15 @@ import io
 
 import pytest
 from asgiref.sync import sync_to_async
-from celery.contrib.testing.worker import start_worker
-from celery.signals import worker_ready
 from channels.db import database_sync_to_async
 from PIL import Image
 
 from chat.conversations.models import Attachment, Conversation, Message
 from chat.conversations.uploads import do_upload
 from chat.core.served_models import get_model
-from chat.worker.tasks import stop_engines
-from deepseek_web.celery import app as celery_app
 from inference.engine import Engine, GenerationStats, SamplingParams
 from inference.loading import load_model
 from inference.vision import VisionPrompt
-
 from tests.support.sockets import open_socket, receive, receive_until, send
 
 VISION = "deepseek-vl"
@@ -83,14 +78,9 @@ def test_an_image_too_big_for_the_context_is_refused_with_a_clear_error(vision_s
 
 
 @pytest.fixture
-def vision_worker(vision_settings, django_db_blocker):
-    with django_db_blocker.unblock(), start_worker(
-        celery_app, pool="threads", concurrency=2, perform_ping_check=False, queues=[f"model.{VISION}"],
-        loglevel="WARNING", shutdown_timeout=30,
-    ) as running:
-        worker_ready.send(sender=running.consumer)
+def vision_worker(vision_settings, running_worker):
+    with running_worker([f"model.{VISION}"], concurrency=2) as running:
         yield running
-        stop_engines()
 
 
 @pytest.mark.integration

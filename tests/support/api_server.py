@@ -7,8 +7,6 @@ is the question: tests/echo_engine.py) and "deepseek-vl" (the vision demo model)
 from __future__ import annotations
 
 import pytest
-from celery.contrib.testing.worker import start_worker
-from celery.signals import worker_ready
 from channels.testing import ChannelsLiveServerTestCase
 from django.contrib.auth import get_user_model
 from django.test import override_settings
@@ -17,11 +15,9 @@ from chat.accounts import api_keys
 from chat.core.redis_server import shared_client
 from chat.core.served_models import get_model
 from chat.worker import tasks
-from chat.worker.tasks import stop_engines
-from deepseek_web.celery import app as celery_app
-
 from tests.support.browser import BROWSER_MODELS, FreshConnectionsDaphne
 from tests.support.echo_engine import EchoEngine
+from tests.support.worker import started_worker
 
 API_MODELS = BROWSER_MODELS
 QUEUES = ["model.deepseek-chat", "model.echo-reasoner", "model.deepseek-vl"]
@@ -37,17 +33,14 @@ class ApiServerTestCase(ChannelsLiveServerTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.worker_context = start_worker(celery_app, pool="threads", concurrency=cls.worker_concurrency,
-                                          perform_ping_check=False, queues=cls.queues, loglevel="WARNING")
-        running = cls.worker_context.__enter__()
-        # The command-line worker sends worker_ready (it loads the models and announces itself, which
-        # the API checks before queueing); the embedded one does not.
-        worker_ready.send(sender=running.consumer)
+        # Announced as the command-line worker announces itself (it loads the models; the API checks
+        # for a live worker before queueing).
+        cls.worker_context = started_worker(cls.queues, concurrency=cls.worker_concurrency)
+        cls.worker_context.__enter__()
 
     @classmethod
     def tearDownClass(cls):
-        cls.worker_context.__exit__(None, None, None)
-        stop_engines()  # an in-process worker sends no worker_shutdown: leave and stop the engines
+        cls.worker_context.__exit__(None, None, None)  # stops the engines too
         super().tearDownClass()
 
     def setUp(self):

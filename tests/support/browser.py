@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from channels.testing import ChannelsLiveServerTestCase
 from daphne.testing import DaphneProcess
 from django.conf import settings
@@ -21,10 +20,8 @@ from django.test import override_settings
 
 from chat.core.served_models import get_model
 from chat.worker import tasks
-from chat.worker.tasks import stop_engines
-from deepseek_web.celery import app as celery_app
-
 from tests.support.echo_engine import EchoEngine
+from tests.support.worker import started_worker
 from tests.support.xss_corpus import RECORDER_JS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -70,9 +67,9 @@ class BrowserTestCase(ChannelsLiveServerTestCase):
         from playwright.sync_api import sync_playwright
 
         super().setUpClass()
-        cls.worker_context = start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False,
-                                          queues=["model.deepseek-chat", "model.echo-reasoner", "model.deepseek-vl"],
-                                          loglevel="WARNING")
+        # Not announced: answers reach it on the models' shared queues.
+        cls.worker_context = started_worker(["model.deepseek-chat", "model.echo-reasoner", "model.deepseek-vl"],
+                                            concurrency=2, announce=False)
         cls.worker_context.__enter__()
         cls.playwright = sync_playwright().start()
         cls.browser = cls.playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -81,8 +78,7 @@ class BrowserTestCase(ChannelsLiveServerTestCase):
     def tearDownClass(cls):
         cls.browser.close()
         cls.playwright.stop()
-        cls.worker_context.__exit__(None, None, None)
-        stop_engines()  # an in-process worker sends no worker_shutdown: leave and stop the engines
+        cls.worker_context.__exit__(None, None, None)  # stops the engines too
         super().tearDownClass()
 
     def setUp(self):

@@ -29,7 +29,6 @@ from chat.conversations.lifecycle import ORPHAN_ERROR
 from chat.conversations.models import Conversation, Message
 from chat.core.worker_routing import live_workers, private_queue, queue_for
 from chat.devtools.resilience.stack import database_url
-
 from tests.support.browser import FreshConnectionsDaphne
 
 pytestmark = [pytest.mark.integration]

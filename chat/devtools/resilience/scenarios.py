@@ -17,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from chat.accounts import api_keys
+from chat.conversations import liveness
 from chat.conversations.models import Conversation, Message
 from chat.core.redis_server import shared_client
 from chat.core.worker_routing import live_workers, private_queue, queue_for
@@ -317,16 +318,39 @@ async def web_restarted(stack: LoopbackStack, mode: Mode, people: People) -> Out
                                      lambda: stack.restart_web(port))
 
 
-PINNED = "w1@resilience"
+PINNED_WORKER = "w1"
+PINNED = f"{PINNED_WORKER}@resilience"
+HOLD_SLICE_SECONDS = 4.0  # a held worker runs for a moment this often (its heartbeats come every 5 s)
+HOLD_RUN_SECONDS = 0.1
+
+
+async def _hold_worker_until(stack: LoopbackStack, name: str, predicate: Callable[[], Any],
+                             timeout: float) -> Any:
+    """Keep worker `name` stopped (SIGSTOP) until `predicate()` holds (its value) or `timeout` passes (None).
+
+    Every few seconds it runs for a moment, so its heartbeat and its answers' writing keys stay fresh: held
+    solid for longer, the other worker would take it for gone and fail the answers it is writing."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            await sync_to_async(stack.pause_worker)(name)
+            value = await _wait_until(predicate, min(HOLD_SLICE_SECONDS, deadline - time.monotonic()))
+            if value or time.monotonic() >= deadline:
+                return value
+            await sync_to_async(stack.resume_worker)(name)
+            await asyncio.sleep(HOLD_RUN_SECONDS)
+    finally:
+        await sync_to_async(stack.resume_worker)(name)
 
 
 # ---- 5. slow and abandoned clients ----------------------------------------------------------------
 async def slow_and_abandoned(stack: LoopbackStack, mode: Mode, people: People) -> Outcome:
     outcome = Outcome("slow and abandoned clients",
-                      "one socket stops reading and one vanishes without a close while others chat",
+                      "one socket stops reading and one vanishes without a close while others chat; the "
+                      "worker writing their answers is held until the server has noticed both clients are gone",
                       "both generations are cancelled after the timeout; once they are, the others' time per "
-                      "token is back within 10 % of before (quick mode: 50 %, its samples are few); while they "
-                      "run they share the CPU like any answer (reported, not judged)")
+                      "token is back within 10 % of before (quick mode: 50 %, its samples are few); until the "
+                      "worker notices nobody watches, they share the CPU like any answer (reported, not judged)")
     model = stack.model["name"]
     # Every answer here goes to one worker: with sticky routing by conversation id, three conversations
     # land 3/0 or 2/1 on the two workers by chance, and two busy worker processes share the CPU's cores
@@ -361,11 +385,30 @@ async def slow_and_abandoned(stack: LoopbackStack, mode: Mode, people: People) -
         await ws.send(json.dumps({"type": "send", "content": "A very long answer please",
                                                 "client_id": how}))
         rude.append((how, chat, ws))
-    await asyncio.sleep(1.0)
+    # Both answers are being written (on the pinned worker) before either client goes.
+    for how, chat, _ in rude:
+        if not await _wait_until(lambda chat=chat: Message.objects.filter(
+                conversation=chat, role="assistant", status=Message.Status.STREAMING).exists(), 60, step=0.05):
+            outcome.problems.append(f"the client that {how}: its answer never started streaming")
     for how, _, ws in rude:
         if how == "vanishes":
             ws.transport.abort()  # no close frame, no FIN handshake
-    during = await baseline(1)  # while the two rude answers still run (until they are noticed)
+    # The server notices the client that stopped reading only when it misses a ping's pong (daphne's ping
+    # interval + timeout after its last frame; the socket buffers play no part: frames the client does not
+    # read pile up in the server's memory), and the worker cancels only once the conversation has gone
+    # unwatched for a while. A fast machine writes the whole answer before that: it would end `done`, and
+    # nothing would have been tested. So the worker writing both answers is held (SIGSTOP) until the server
+    # has let go of both conversations, a state: then both answers are still being written, however fast
+    # the machine, and what follows is the worker noticing that nobody watches them.
+    held_at = time.monotonic()
+    noticed = await _hold_worker_until(
+        stack, PINNED_WORKER,
+        lambda: not any(liveness.is_watched(chat.id) for _, chat, _ in rude), 120)
+    held_s = round(time.monotonic() - held_at, 1)
+    if not noticed:
+        outcome.problems.append(f"the server still had a rude client's conversation watched after {held_s} s")
+    await sync_to_async(stack.wait_worker)(PINNED_WORKER)  # announcing itself again, if it had lapsed
+    during = await baseline(1)  # while the two rude answers still run (until the worker notices nobody watches)
     ended = {}
     deadline = time.monotonic() + 120
     for how, chat, _ in rude:
@@ -396,7 +439,7 @@ async def slow_and_abandoned(stack: LoopbackStack, mode: Mode, people: People) -
         "ms_per_token_after_cancel": judged["after"], "ratio_after_to_before": round(ratio, 2) if ratio else None,
         "limit": limit, "inter_token_ms_before": median_ms(before, "inter_token"),
         "inter_token_ms_while_running": median_ms(during, "inter_token"),
-        "inter_token_ms_after_cancel": median_ms(after, "inter_token"), **ended}
+        "inter_token_ms_after_cancel": median_ms(after, "inter_token"), "worker_held_s": held_s, **ended}
     if ratio is None or ratio > limit:
         outcome.problems.append(f"after the rude clients were cancelled the others were slower by {ratio}")
     outcome.passed = not outcome.problems
@@ -412,7 +455,8 @@ NOT_QUICK: set[Callable] = set()  # every scenario runs in the quick (CI) mode t
 # test files (`make test` runs them too); the full run includes their verdicts in its report.
 SUITE_FILES = {
     "database unavailable": ["tests/app/test_outage.py"],
-    "fuzzing": ["tests/integration/test_api_fuzz.py", "tests/app/test_socket_fuzz.py", "tests/app/test_upload_corpus.py"],
+    "fuzzing": ["tests/integration/test_api_fuzz.py", "tests/app/test_socket_fuzz.py",
+                "tests/app/test_upload_corpus.py"],
     "authorization matrix": ["tests/app/test_authorization_matrix.py"],
     "abuse": ["tests/app/test_abuse.py", "tests/app/test_login_throttle.py", "tests/app/test_message_limits.py"],
 }

@@ -116,6 +116,13 @@ class LoopbackStack:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
 
+    def pause_worker(self, name: str) -> None:
+        """SIGSTOP: the worker keeps its tasks, connections and answers but does nothing until resumed."""
+        os.killpg(self.workers[name].pid, signal.SIGSTOP)
+
+    def resume_worker(self, name: str) -> None:
+        os.killpg(self.workers[name].pid, signal.SIGCONT)
+
     def restart_web(self, port: int, down_seconds: float = 1.0) -> None:
         process = self.webs.pop(port)
         os.killpg(process.pid, signal.SIGTERM)
@@ -137,6 +144,7 @@ class LoopbackStack:
         processes = list(self.webs.values()) + list(self.workers.values())
         for process in processes:
             if process.poll() is None:
+                os.killpg(process.pid, signal.SIGCONT)  # a paused worker could not act on the SIGTERM
                 os.killpg(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for process in processes:

@@ -346,14 +346,16 @@ def search_conversations(user: AbstractBaseUser, query: str):
 
 def _announce_and_enqueue(sent: SentMessage, queue: str, announce: Callable[[SentMessage], None] | None) -> None:
     answer = sent.assistant_message
-    log_context.bind(conversation_id=answer.conversation_id, message_id=answer.id, model=answer.conversation.model)
-    if announce is not None:
-        announce(sent)
-    # The worker that answered this conversation before holds its KV cache: send it there.
-    target = queue_for(queue, answer.conversation_id)
-    log.info("queueing answer %s on %s", answer.id, target)
-    # The request id travels in the message headers, so the worker's log lines carry it too.
-    lifecycle.enqueue(answer.id, target, log_context.task_headers())
+    # For this block only: run on commit, it would otherwise leave the ids on whatever thread committed.
+    with log_context.bound(conversation_id=answer.conversation_id, message_id=answer.id,
+                           model=answer.conversation.model):
+        if announce is not None:
+            announce(sent)
+        # The worker that answered this conversation before holds its KV cache: send it there.
+        target = queue_for(queue, answer.conversation_id)
+        log.info("queueing answer %s on %s", answer.id, target)
+        # The request id travels in the message headers, so the worker's log lines carry it too.
+        lifecycle.enqueue(answer.id, target, log_context.task_headers())
 
 
 def _title_from(content: str) -> str:

@@ -39,13 +39,18 @@ class Finished:
     error: str = ""  # the worker's error text when it failed
 
 
+# An API client cannot ask for what it missed (a page sends `resume`): its response reads the row after 1 s
+# without a frame, where a socket waits 3 s (chat.conversations.following.CATCH_UP_SECONDS).
+CATCH_UP_SECONDS = 1.0
+
+
 class AnswerFollower:
     """One API response's answer, followed as text (chat/conversations/following.py): what the client has
     been sent, and what it lacks."""
 
     def __init__(self, conversation_id: Any) -> None:
         self.conversation_id = conversation_id
-        self.follower = Follower(conversation_id)
+        self.follower = Follower(conversation_id, quiet_seconds=CATCH_UP_SECONDS)
         self.message_id: str | None = None
         self.sent_content = ""
         self.sent_reasoning = ""

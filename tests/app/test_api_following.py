@@ -6,8 +6,9 @@ import pytest
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
+from chat.api import stream
 from chat.api.stream import AnswerFollower, Finished, Text
-from chat.conversations import events, following
+from chat.conversations import events
 from chat.conversations.frames import delta_frame
 from chat.conversations.models import Conversation, Message
 
@@ -16,7 +17,7 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture(autouse=True)
 def quick_catchup(monkeypatch):
-    monkeypatch.setattr(following, "CATCH_UP_SECONDS", 0.4)
+    monkeypatch.setattr(stream, "CATCH_UP_SECONDS", 0.4)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test test-fast test-postgres bench lint clean
+.PHONY: run test test-fast test-postgres bench bench-stream bench-gpu lint clean
 
 # System packages a bare Debian lacks: venv support (and Chromium for the browser tests).
 $(BIN)/python:
@@ -47,6 +47,19 @@ test-postgres: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python manage.py bench_inference
+
+# The streaming paths at 1, 8, 48 and 128 streams on the default model: engine alone vs socket vs /v1 (SSE).
+bench-stream: $(STAMP)
+	$(BIN)/python manage.py bench_stream
+
+# The same on a CUDA host with a real Hugging Face model (from the hub, or HF_HOME with HF_HUB_OFFLINE=1):
+#   make bench-gpu BENCH_MODEL=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B BENCH_QUANT=none
+BENCH_MODEL ?= deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B
+BENCH_QUANT ?= none
+bench-gpu: $(STAMP)
+	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu needs a CUDA GPU')"
+	DEEPSEEK_MODELS='[{"name": "bench", "path": "$(BENCH_MODEL)", "quantization": "$(BENCH_QUANT)", "max_context": 4096, "max_new_tokens": 256}]' \
+		$(BIN)/python manage.py bench_stream --tokens 128 --levels 1,8,48,128
 
 # Style, and the layers of DESIGN.md "Layout" (pyproject.toml [tool.importlinter]): no upward imports, no cycles.
 lint: $(STAMP)

@@ -82,7 +82,9 @@ MIDDLEWARE = [
     # A database outage in a view answers 503 (one raised in a middleware reaches handler500, urls.py).
     "chat.core.outage.DatabaseOutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # WhiteNoise, able to run in an async chain: every middleware here can, so /v1's async views are not
+    # run on Django's one sync thread (chat/core/static_files.py).
+    "chat.core.static_files.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -162,7 +164,15 @@ DATABASES = {
         env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}"), conn_max_age=0
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+_SQLITE = DATABASES["default"]["ENGINE"] in ("django.db.backends.sqlite3", "deepseek_web.sqlite")
+# Connections kept between requests and tasks: opening one (with its PRAGMAs) cost more than the queries of
+# a chat message. SQLite keeps them by default; on PostgreSQL each web and worker thread would hold one (a
+# worker has a thread per answer in flight), so it opens one per request unless told (use a pooler).
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 600 if _SQLITE else 0, minimum=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if _SQLITE:
+    # Writers take turns without SQLite's sleeping retries (deepseek_web/sqlite/base.py).
+    DATABASES["default"]["ENGINE"] = "deepseek_web.sqlite"
     # Web and worker threads write concurrently: WAL lets readers go on, IMMEDIATE avoids
     # lock-upgrade deadlocks, and the timeout waits for the writer instead of failing.
     DATABASES["default"]["OPTIONS"] = {
@@ -284,6 +294,10 @@ CELERY_BEAT_SCHEDULE = {
     "prune-api-history": {"task": "chat.api_completions.prune_api_history", "schedule": 24 * 3600},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# A worker exits (so its supervisor restarts it) when Redis has been unreachable this long, or when Redis
+# answers but the worker's own consumer has not answered a control ping for this long (chat/worker/watchdog.py).
+WORKER_BROKER_GRACE_SECONDS = env_float("WORKER_BROKER_GRACE_SECONDS", 30.0, minimum=1.0)
+WORKER_CONSUMER_GRACE_SECONDS = env_float("WORKER_CONSUMER_GRACE_SECONDS", 60.0, minimum=1.0)
 
 # --- Audit log and moderation (chat/audit/record.py, chat/moderation/moderator.py).
 AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 365, minimum=1)
@@ -323,9 +337,20 @@ ENGINE_BATCHING = env_bool("ENGINE_BATCHING", True)
 ENGINE_KV_BLOCKS = env_int("ENGINE_KV_BLOCKS", 2048, minimum=16)
 ENGINE_KV_PAGE_SIZE = env_int("ENGINE_KV_PAGE_SIZE", 32, minimum=1)
 ENGINE_MAX_BATCH_TOKENS = env_int("ENGINE_MAX_BATCH_TOKENS", 1024, minimum=16)
+# Admission by capacity: the answers one worker's engine writes at once (the batch; more wait in the engine's
+# queue, not in Celery's), and those generated one at a time beside it (seeded requests, images).
+ENGINE_MAX_SEQUENCES = env_int("ENGINE_MAX_SEQUENCES", 128, minimum=1)
+ENGINE_SOLO_SEQUENCES = env_int("ENGINE_SOLO_SEQUENCES", 4, minimum=1)
+# Celery's pool only holds answers while they wait on the engine, so it is sized by the engine's capacity
+# (plus a few threads for periodic jobs), not the other way round.
+CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", ENGINE_MAX_SEQUENCES + ENGINE_SOLO_SEQUENCES + 2,
+                                    minimum=1)
 MAX_PROMPT_CHARS = env_int("MAX_PROMPT_CHARS", 16000, minimum=1)
-# How often a worker saves a growing answer and publishes the text since the last save.
+# How often a worker saves its growing answers (all in one transaction) and publishes the text since the last
+# save: STREAM_FLUSH_SECONDS while it writes up to 8 answers, longer in proportion beyond, at most
+# STREAM_FLUSH_MAX_SECONDS (chat/worker/tick_writer.py). An answer's first text goes out at once.
 STREAM_FLUSH_SECONDS = env_float("STREAM_FLUSH_SECONDS", 0.05, minimum=0.0)
+STREAM_FLUSH_MAX_SECONDS = env_float("STREAM_FLUSH_MAX_SECONDS", 0.5, minimum=0.0)
 # An answer nobody has watched (no open socket on its conversation) for this long is cancelled.
 ABANDONED_AFTER_SECONDS = env_float("ABANDONED_AFTER_SECONDS", 60.0, minimum=0.1)
 # Socket frames a client may send in a burst, and how many per second refill the burst.
@@ -346,6 +371,9 @@ API_KEEPALIVE_SECONDS = env_float("API_KEEPALIVE_SECONDS", 10.0, minimum=0.05)
 # (DeepSeek's API closes a connection whose inference has not started after 10 minutes); the workers'
 # sweep fails any answer (a chat's too) still untaken shortly after (chat/conversations/lifecycle.py).
 API_QUEUE_TIMEOUT_SECONDS = env_float("API_QUEUE_TIMEOUT_SECONDS", 600.0, minimum=1.0)
+# A request for a model no live worker serves (workers starting or restarting) waits this long for one,
+# with keep-alives when streamed, before its 503 (0 = the 503 at once).
+API_WORKER_WAIT_SECONDS = env_float("API_WORKER_WAIT_SECONDS", 30.0, minimum=0.0)
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024 * 1024, minimum=1024)
 # API requests are kept (as hidden conversations) this long, then removed by the daily prune.
 API_HISTORY_DAYS = env_int("API_HISTORY_DAYS", 7, minimum=0)

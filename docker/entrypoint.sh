@@ -41,7 +41,8 @@ if spec is None:
     sys.exit(f"WORKER_MODEL={sys.argv[1]!r} is not a name in DEEPSEEK_MODELS")
 print(spec.celery_queue)' "$WORKER_MODEL")
         # WORKER_EXTRA_QUEUES: `default` on one worker runs the periodic jobs that beat schedules.
-        exec celery -A deepseek_web worker -P threads -c "${WORKER_CONCURRENCY:-8}" \
+        # Concurrency comes from the app's settings (WORKER_CONCURRENCY, else sized from the engine).
+        exec celery -A deepseek_web worker -P threads \
             -Q "$queue${WORKER_EXTRA_QUEUES:+,$WORKER_EXTRA_QUEUES}" -n "$WORKER_MODEL@%h" --loglevel "${LOG_LEVEL:-INFO}"
         ;;
     beat)

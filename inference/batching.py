@@ -7,6 +7,7 @@ those blocks instead of recomputing them, until the block budget needs them back
 """
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -44,6 +45,57 @@ class _DirectDispatch:
     @staticmethod
     def call_soon_threadsafe(callback: Any, *args: Any) -> None:
         callback(*args)
+
+
+class BatchRequest:
+    """One request in the batch, read without blocking: the batch's thread only appends its outputs
+    (no thread is woken per token); `take()` returns the tokens since the last call. `wake` is called once,
+    with the first output, so an answer's first text need not wait for the reader's next round."""
+
+    def __init__(self, runner: BatchRunner, manager: Any, request_id: str, wake: Any = None) -> None:
+        self.runner, self.manager, self.request_id = runner, manager, request_id
+        self._wake = wake
+        self._outputs: collections.deque = collections.deque()  # appended by the batch's thread only
+        self._started = False
+        self._seen = 0
+        self.finished = False
+        self._closed = False
+
+    def _handle(self, output: Any) -> None:  # on the batch's thread
+        first = not self._started
+        self._started = True
+        self._outputs.append(output)
+        if first and self._wake is not None:
+            self._wake()
+
+    def take(self) -> list[int]:
+        """The new token ids since the last call (perhaps none); sets `finished` at the request's end."""
+        new: list[int] = []
+        while self._outputs and not self.finished:
+            output = self._outputs.popleft()
+            if output.error:
+                if new:  # the tokens before the failure first; the failure at the next call
+                    self._outputs.appendleft(output)
+                    return new
+                raise EngineCrashed(f"the batching loop failed: {output.error}")
+            tokens = output.generated_tokens
+            new.extend(tokens[self._seen:])
+            self._seen = len(tokens)
+            self.finished = output.is_finished()
+        if not self.finished and not new and not self.manager.is_running():
+            raise EngineCrashed("the batching loop stopped while answering")
+        return new
+
+    def close(self) -> None:
+        """Leave the batch: cancelled at the next step if it is still running."""
+        if self._closed:
+            return
+        self._closed = True
+        router = self.manager.output_router
+        with router._lock:
+            router.result_handlers.pop(self.request_id, None)
+        if not self.finished:
+            self.manager.cancel_request(self.request_id)
 
 
 class BatchRunner:
@@ -95,6 +147,24 @@ class BatchRunner:
                     log.exception("stopping the crashed batching loop failed")
             self._manager = self._start()
             return self._manager
+
+    def submit(self, prompt_ids: list[int], max_new_tokens: int, temperature: float, top_p: float,
+               wake: Any = None) -> BatchRequest:
+        """Add a request to the batch and return it, to be read with `take()` (no thread waits on it)."""
+        manager = self.manager()
+        request = BatchRequest(self, manager, uuid.uuid4().hex, wake)
+        router = manager.output_router
+        with router._lock:  # registered before submitting, so no result goes to the shared queue
+            router.result_handlers[request.request_id] = (request._handle, _DirectDispatch)
+        added = manager.add_request(
+            list(prompt_ids), request_id=request.request_id, max_new_tokens=max_new_tokens, streaming=True,
+            eos_token_id=sorted(self.eos_ids),
+            temperature=float(max(temperature, GREEDY_TEMPERATURE)), top_p=float(top_p),
+        )
+        if added is None:
+            request.close()
+            raise EngineCrashed("the batching engine is not accepting requests")
+        return request
 
     def stream(
         self, prompt_ids: list[int], max_new_tokens: int, temperature: float, top_p: float

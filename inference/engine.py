@@ -6,13 +6,14 @@ used from many worker threads at once (each call keeps its own KV cache).
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from inference import metrics
-from inference.batching import GREEDY_TEMPERATURE, BatchConfig, BatchRunner
+from inference.batching import GREEDY_TEMPERATURE, BatchConfig, BatchRequest, BatchRunner
 from inference.detokenizer import IncrementalDetokenizer
 from inference.errors import PromptTooLong  # noqa: F401 (callers catch it from here)
 from inference.loading import LoadedModel
@@ -108,7 +109,8 @@ class ReasoningSplitter:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, spec: ModelSpec | None = None, batching: BatchConfig | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, spec: ModelSpec | None = None, batching: BatchConfig | None = None,
+                 max_sequences: int | None = None, solo_sequences: int | None = None) -> None:
         self.spec = spec or loaded.spec
         self.tokenizer = loaded.tokenizer
         self.processor = loaded.processor  # vision models: renders image parts and pixel values
@@ -121,6 +123,9 @@ class Engine:
         self.eos_ids = frozenset(eos_ids)
         self.batcher = BatchRunner(loaded, self.eos_ids, batching) if batching is not None else None
         self.turns = TurnCache()
+        # Admission by capacity: answers beyond these wait here, in arrival order, for a place to free.
+        self._batch_slots = threading.BoundedSemaphore(max_sequences) if max_sequences else None
+        self._solo_slots = threading.BoundedSemaphore(solo_sequences) if solo_sequences else None
 
     # -- prompt ---------------------------------------------------------------------------
     def _render_text(self, history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
@@ -221,17 +226,50 @@ class Engine:
                 yield [token]
                 step_input = torch.tensor([[token]], device=self.device)
 
+    def _prepare(self, prompt_ids: list[int], params: SamplingParams,
+                 stats: GenerationStats) -> tuple[SamplingParams, int]:
+        if 0 < params.temperature < GREEDY_TEMPERATURE:
+            params = replace(params, temperature=0.0)  # logits / 1e-300 overflow to inf: sample greedily
+        stats.prompt_tokens = len(prompt_ids)
+        metrics.record_prompt(self.spec.name, len(prompt_ids))  # with the reused count: the KV hit ratio
+        return params, max(0, min(params.max_new_tokens, self.spec.max_context - len(prompt_ids)))
+
+    def open(self, prompt_ids: list[int], params: SamplingParams, stats: GenerationStats,
+             wake: Callable[[], None] | None = None) -> Generation | None:
+        """Start a generation in the shared batch and return it, to be read without blocking (`poll()`);
+        None when this request cannot join the batch (no batching, a seed, images): use `generate`.
+        `wake` is called from the batch's thread when the first tokens are ready."""
+        if self.batcher is None or params.seed is not None or getattr(prompt_ids, "model_inputs", None):
+            return None
+        params, max_new = self._prepare(prompt_ids, params, stats)
+        log.debug("generation started: %d prompt tokens, at most %d new, batched", len(prompt_ids), max_new)
+        if max_new == 0:
+            return Generation(None, TextDecoder(self, params, stats, max_new))
+        slot = _acquire(self._batch_slots)
+        try:
+            request = self.batcher.submit(prompt_ids, max_new, params.temperature, params.top_p, wake)
+        except BaseException:
+            slot()
+            raise
+        return Generation(request, TextDecoder(self, params, stats, max_new), slot)
+
+    @staticmethod
+    def report(generation: Generation) -> None:
+        """The generation's last log line; from the answer's own thread, so it carries its request id."""
+        stats, took = generation.decoder.stats, time.monotonic() - generation.started
+        if generation.ended:
+            log.debug("generation finished (%s): %d prompt + %d new tokens in %.2f s", stats.finish_reason,
+                      stats.prompt_tokens, stats.completion_tokens, took)
+        else:
+            log.debug("generation cancelled after %d tokens in %.2f s", stats.completion_tokens, took)
+
     def generate(self, prompt_ids: list[int], params: SamplingParams, stats: GenerationStats) -> Iterator[Delta]:
         """Yield text deltas as tokens are produced; `stats` is filled in as it goes.
 
         Requests go through the shared batch unless they carry a seed (a shared sampler cannot
         honour per-request seeds). The caller stops generation by closing the iterator.
         """
-        if 0 < params.temperature < GREEDY_TEMPERATURE:
-            params = replace(params, temperature=0.0)  # logits / 1e-300 overflow to inf: sample greedily
-        stats.prompt_tokens = len(prompt_ids)
-        metrics.record_prompt(self.spec.name, len(prompt_ids))  # with the reused count: the KV hit ratio
-        max_new = max(0, min(params.max_new_tokens, self.spec.max_context - len(prompt_ids)))
+        params, max_new = self._prepare(prompt_ids, params, stats)
         model_inputs = getattr(prompt_ids, "model_inputs", None)
         batched = self.batcher is not None and params.seed is None and not model_inputs
         # These lines run in the caller's (the Celery task's) thread, also when batching: the log
@@ -239,43 +277,119 @@ class Engine:
         log.debug("generation started: %d prompt tokens, at most %d new, %s", len(prompt_ids), max_new,
                   "batched" if batched else "solo")
         started = time.monotonic()
+        free = _acquire(self._batch_slots if batched else self._solo_slots)
         if batched:
             tokens = self.batcher.stream(prompt_ids, max_new, params.temperature, params.top_p)
         else:
             tokens = self._solo_tokens(list(prompt_ids), max_new, params, model_inputs)
-        detokenizer = IncrementalDetokenizer(self.tokenizer)
-        splitter = ReasoningSplitter(self.spec.reasoning)
-        stops = StopMatcher(params.stop)
-        stats.finish_reason = "length"
-        ended = False
+        decoder = TextDecoder(self, params, stats, max_new)
         try:
             for chunk in tokens:
-                for token in chunk:
-                    stats.completion_tokens += 1
-                    stats.generated_ids.append(token)
-                    if token in self.eos_ids:
-                        stats.finish_reason, ended = "stop", True
-                        break
-                    text, hit = stops.feed(detokenizer.push(token))
-                    delta = splitter.split(text) if text else None
-                    if delta and (delta.content or delta.reasoning):
-                        yield delta
-                    if hit:
-                        stats.finish_reason, ended = "stop", True
-                        stats.stopped_by_string = True
-                        break
-                if ended or stats.completion_tokens >= max_new:
+                yield from decoder.feed(chunk)
+                if decoder.ended:
                     break
         except GeneratorExit:  # the caller closed us: Stop, a moderation cut, or nobody watching
             log.debug("generation cancelled after %d tokens in %.2f s", stats.completion_tokens,
-                     time.monotonic() - started)
+                      time.monotonic() - started)
             raise
         finally:
             tokens.close()  # cancels the request in the batch if it is still running
-        if not stops.hit:  # text held back for a possible multi-byte character or stop string
-            tail, _ = stops.feed(detokenizer.flush(), final=True)
-            for delta in (splitter.split(tail) if tail else Delta(), splitter.flush()):
-                if delta.content or delta.reasoning:
-                    yield delta
+            free()
+        yield from decoder.finish()
         log.debug("generation finished (%s): %d prompt + %d new tokens in %.2f s", stats.finish_reason,
-                 stats.prompt_tokens, stats.completion_tokens, time.monotonic() - started)
+                  stats.prompt_tokens, stats.completion_tokens, time.monotonic() - started)
+
+
+class TextDecoder:
+    """Token ids → text deltas for one generation: end of sequence, stop strings, reasoning split, and
+    the counts in `stats`."""
+
+    def __init__(self, engine: Engine, params: SamplingParams, stats: GenerationStats, max_new: int) -> None:
+        self.eos_ids = engine.eos_ids
+        self.stats = stats
+        self.max_new = max_new
+        self.detokenizer = IncrementalDetokenizer(engine.tokenizer)
+        self.splitter = ReasoningSplitter(engine.spec.reasoning)
+        self.stops = StopMatcher(params.stop)
+        stats.finish_reason = "length"
+        self.ended = max_new <= 0  # the sequence is over: nothing more to feed
+
+    def feed(self, tokens: list[int]) -> list[Delta]:
+        deltas: list[Delta] = []
+        stats = self.stats
+        for token in tokens:
+            if self.ended:
+                break
+            stats.completion_tokens += 1
+            stats.generated_ids.append(token)
+            if token in self.eos_ids:
+                stats.finish_reason, self.ended = "stop", True
+                break
+            text, hit = self.stops.feed(self.detokenizer.push(token))
+            delta = self.splitter.split(text) if text else None
+            if delta and (delta.content or delta.reasoning):
+                deltas.append(delta)
+            if hit:
+                stats.finish_reason, self.ended = "stop", True
+                stats.stopped_by_string = True
+                break
+            if stats.completion_tokens >= self.max_new:
+                self.ended = True
+        return deltas
+
+    def finish(self) -> list[Delta]:
+        """Text held back for a possible multi-byte character or stop string, at the natural end."""
+        if self.stops.hit:
+            return []
+        tail, _ = self.stops.feed(self.detokenizer.flush(), final=True)
+        return [d for d in (self.splitter.split(tail) if tail else Delta(), self.splitter.flush())
+                if d.content or d.reasoning]
+
+
+class Generation:
+    """A generation in the shared batch, read without blocking: each `poll()` returns the text since the
+    last one and whether the answer has ended. `close()` (always) leaves the batch if it is still running."""
+
+    def __init__(self, request: BatchRequest | None, decoder: TextDecoder,
+                 free: Callable[[], None] | None = None) -> None:
+        self.request = request
+        self.decoder = decoder
+        self.ended = False
+        self._free = free
+        self.started = time.monotonic()
+
+    def poll(self) -> list[Delta]:
+        if self.ended:
+            return []
+        deltas: list[Delta] = []
+        if self.request is not None and not self.decoder.ended:
+            deltas = self.decoder.feed(self.request.take())
+            if self.request.finished:
+                self.decoder.ended = True  # also when the batch stopped it (its length limit)
+        if self.decoder.ended:
+            self.ended = True
+            self.close()
+            deltas += self.decoder.finish()
+        return deltas
+
+    def close(self) -> None:
+        if self.request is not None:
+            self.request.close()
+        free, self._free = self._free, None
+        if free is not None:
+            free()  # its place in the batch goes to the next answer waiting
+
+
+def _acquire(slots: threading.BoundedSemaphore | None) -> Callable[[], None]:
+    """Wait for a place; returns the function that gives it back (once)."""
+    if slots is None:
+        return lambda: None
+    slots.acquire()
+    given_back = threading.Event()
+
+    def free() -> None:
+        if not given_back.is_set():
+            given_back.set()
+            slots.release()
+
+    return free

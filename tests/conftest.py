@@ -52,6 +52,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # these on (and the resilience stack runs with the defaults).
     settings.CHAT_MESSAGES_PER_MINUTE = 0
     settings.CHAT_ACTIVE_ANSWERS_PER_USER = 0
+    # No worker runs in most tests: an API request answers its 503 at once instead of waiting for one
+    # (tests/integration/test_api_worker_wait.py turns the wait on).
+    settings.API_WORKER_WAIT_SECONDS = 0
 
 
 TIERS = ("unit", "app", "integration", "browser", "system")

@@ -5,11 +5,15 @@ answered by the same Celery task, engine, moderation of the output and audit as 
 """
 from __future__ import annotations
 
+import asyncio
 import datetime
+import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis
+from asgiref.sync import sync_to_async
 from celery import shared_task
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
@@ -24,17 +28,46 @@ from chat.core.errors import ChatError
 from chat.core.worker_routing import HEARTBEAT_SECONDS, live_workers
 from inference.registry import ModelSpec
 
+WORKER_CHECK_SECONDS = 1.0  # how often a request waiting for a worker reads the heartbeats again
 
-def check_workers(spec: ModelSpec) -> None:
-    """503 unless a worker for the model announced itself recently (it would wait in the queue)."""
+
+def no_worker(spec: ModelSpec) -> ApiError:
+    return ApiError(503, f"No worker is serving {spec.name} right now; retry shortly.", "no_worker",
+                    retry_after=int(HEARTBEAT_SECONDS * 2))
+
+
+def worker_is_live(spec: ModelSpec) -> bool:
+    """Whether a worker for the model announced itself recently; a 503 when Redis cannot say."""
     try:
-        alive = bool(live_workers(spec.celery_queue))
+        return bool(live_workers(spec.celery_queue))
     except redis.RedisError:
         raise ApiError(503, "The queue is unreachable; retry shortly.", "service_unavailable",
                        retry_after=int(HEARTBEAT_SECONDS * 2)) from None
-    if not alive:
-        raise ApiError(503, f"No worker is serving {spec.name} right now; retry shortly.", "no_worker",
-                       retry_after=int(HEARTBEAT_SECONDS * 2))
+
+
+def check_workers(spec: ModelSpec) -> None:
+    """503 unless a worker for the model announced itself recently (it would wait in the queue)."""
+    if not worker_is_live(spec):
+        raise no_worker(spec)
+
+
+async def wait_for_worker(spec: ModelSpec, seconds: float, tick_seconds: float) -> AsyncIterator[None]:
+    """Wait until a worker for the model is live (workers starting, or one restarting): yields after each
+    `tick_seconds` of waiting (a stream sends a keep-alive then), and raises the no_worker 503 once
+    `seconds` have passed without one. The heartbeats are read every WORKER_CHECK_SECONDS on a pool
+    thread, which is let go in between: a waiting request holds no thread."""
+    is_live = sync_to_async(worker_is_live, thread_sensitive=False)
+    started = last_tick = time.monotonic()
+    while not await is_live(spec):
+        now = time.monotonic()
+        if now - started >= seconds:
+            raise no_worker(spec)
+        if now - last_tick >= tick_seconds:
+            last_tick = now
+            yield
+            now = time.monotonic()
+        until = min(started + seconds, last_tick + tick_seconds)
+        await asyncio.sleep(max(0.0, min(WORKER_CHECK_SECONDS, until - now)))
 
 
 def check_moderation(user: AbstractBaseUser, request: CompletionRequest, http_request: Any,
@@ -76,18 +109,29 @@ def _store_images(user: AbstractBaseUser, request: CompletionRequest) -> dict[in
     return stored
 
 
+def check_completion(user: AbstractBaseUser, request: CompletionRequest, conversation_id: uuid.UUID,
+                     http_request: Any = None) -> None:
+    """The checks a request fails with its own 4xx, whether or not a worker is alive (not a 503 to retry in
+    vain): the images decoded and validated (invalid_image_url, not_an_image, too_large…), moderation, and
+    the context length. Nothing is written."""
+    read_images(request)
+    check_moderation(user, request, http_request, conversation_id)
+    check_context(request)
+
+
 def do_start_completion(user: AbstractBaseUser, api_key: ApiKey | None, request: CompletionRequest,
                         conversation_id: uuid.UUID, http_request: Any = None) -> Message:
     """Check, save and queue one completion; returns the pending answer. Nothing is written when a
-    check fails, and stored images are removed again if saving fails.
+    check fails (a 503 when no worker is live), and stored images are removed again if saving fails."""
+    check_completion(user, request, conversation_id, http_request)
+    check_workers(request.spec)
+    return do_queue_completion(user, api_key, request, conversation_id)
 
-    The images are decoded and validated first: a bad one answers its own 4xx (invalid_image_url,
-    not_an_image, too_large…) whether or not a worker is alive, not a 503 to retry in vain."""
-    spec = request.spec
-    read_images(request)
-    check_workers(spec)
-    check_moderation(user, request, http_request, conversation_id)
-    check_context(request)
+
+def do_queue_completion(user: AbstractBaseUser, api_key: ApiKey | None, request: CompletionRequest,
+                        conversation_id: uuid.UUID) -> Message:
+    """Save and queue a checked completion (check_completion); returns the pending answer. Stored images
+    are removed again if saving fails."""
     images = _store_images(user, request)
     try:
         answer = _save(user, api_key, request, conversation_id, images)

@@ -40,8 +40,12 @@ class Finished:
 
 
 # An API client cannot ask for what it missed (a page sends `resume`): its response reads the row after 1 s
-# without a frame, where a socket waits 3 s (chat.conversations.following.CATCH_UP_SECONDS).
+# without a frame, where a socket waits 3 s (chat.conversations.following.CATCH_UP_SECONDS). A row that had
+# nothing new (the answer still queued) is read again after twice as long, up to QUIET_MAX_SECONDS: the
+# frames are the live stream, the row only what they may have lost (the worker sends text at least every
+# STREAM_FLUSH_MAX_SECONDS while it writes).
 CATCH_UP_SECONDS = 1.0
+QUIET_MAX_SECONDS = 8.0
 
 
 class AnswerFollower:
@@ -118,6 +122,7 @@ class AnswerFollower:
                     continue
                 if heard.kind != "delta" or heard.seq <= self.follower.seq_of(self.message_id) + 1:
                     text = self._take(heard)
+                    self.follower.quiet_seconds = CATCH_UP_SECONDS  # the stream is live
                     if text:
                         last_sign = time.monotonic()
                         yield text
@@ -144,6 +149,8 @@ class AnswerFollower:
             if text:
                 last_sign = time.monotonic()
                 yield text
-            elif time.monotonic() - last_sign >= keepalive_seconds:
+                continue
+            self.follower.quiet_seconds = min(self.follower.quiet_seconds * 2, max(QUIET_MAX_SECONDS, CATCH_UP_SECONDS))
+            if time.monotonic() - last_sign >= keepalive_seconds:
                 last_sign = time.monotonic()
                 yield Tick()

@@ -6,12 +6,15 @@ and the answer followed (chat/api/stream.py) into SSE chunks or one JSON object.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -19,7 +22,13 @@ from django.views.decorators.csrf import csrf_exempt
 
 from chat.accounts import api_keys
 from chat.accounts import usage as api_usage
-from chat.api.completions import do_start_completion
+from chat.api.completions import (
+    check_completion,
+    do_queue_completion,
+    no_worker,
+    wait_for_worker,
+    worker_is_live,
+)
 from chat.api.openapi import openapi_document
 from chat.api.requests import CompletionRequest, parse_body, parse_request
 from chat.api.stream import AnswerFollower, Finished, QueueTimeout, Text, Tick
@@ -28,11 +37,13 @@ from chat.conversations import actions
 from chat.conversations.models import Message
 from chat.core import log_context, outage, request_meta
 from chat.core.api_errors import ApiError
+from chat.core.db_threads import in_db_pool
 from chat.core.errors import ChatError
 from chat.core.served_models import all_models
 
 log = logging.getLogger(__name__)
 FINISH_REASONS = ("stop", "length", "content_filter")
+KEEPALIVE = b": keep-alive\n\n"
 
 
 # ---- authentication and the body -------------------------------------------------------------
@@ -82,10 +93,11 @@ def _admit(user_id: int) -> api_usage.Slot:
 class Completion:
     """The fields every chunk or response of one completion shares."""
 
-    def __init__(self, request: CompletionRequest, answer: Message) -> None:
+    def __init__(self, request: CompletionRequest, answer: Message | None, conversation_id: Any = None) -> None:
         self.request = request
-        self.id = f"chatcmpl-{answer.id.hex}"
-        self.created = int(answer.created_at.timestamp())
+        # An error sent before any answer existed (no worker came) carries the request's conversation id.
+        self.id = f"chatcmpl-{(answer.id if answer is not None else conversation_id).hex}"
+        self.created = int(answer.created_at.timestamp()) if answer is not None else int(time.time())
         self.model = request.spec.name
         self.reasoning = request.spec.reasoning
 
@@ -174,17 +186,22 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     # The audit events' id is the logs' and the task's (the same one RequestIdMiddleware set, when it ran).
     log_context.bind(request_id=request_meta.request_id(request))
     try:
-        user, key = await database_sync_to_async(authenticate)(request)
+        user, key = await in_db_pool(authenticate)(request)
         completion_request = parse_request(parse_body(_read_body(request)))
-        slot = await database_sync_to_async(_admit)(user.id)
+        slot = await in_db_pool(_admit)(user.id)
         follower = AnswerFollower(uuid.uuid4())
         await follower.subscribe()
-        answer = await database_sync_to_async(do_start_completion)(
-            user, key, completion_request, follower.conversation_id, request)
-        follower.bind(answer.id)
-        # The rest of this request's lines name the answer too.
-        log_context.bind(conversation_id=answer.conversation_id, message_id=answer.id,
-                         model=completion_request.spec.name)
+        await in_db_pool(check_completion)(user, completion_request, follower.conversation_id, request)
+        spec = completion_request.spec
+        if not await sync_to_async(worker_is_live, thread_sensitive=False)(spec):
+            # Workers starting, or one restarting: wait for one (bounded) rather than answer 503 at once.
+            if settings.API_WORKER_WAIT_SECONDS <= 0:
+                raise no_worker(spec)
+            if completion_request.stream:
+                return _event_stream(_stream_once_served(completion_request, follower, slot, user, key))
+            async for _ in wait_for_worker(spec, settings.API_WORKER_WAIT_SECONDS, settings.API_KEEPALIVE_SECONDS):
+                pass
+        answer = await _queue(completion_request, follower, user, key)
     except ApiError as exc:
         await _release(slot, follower)
         return exc.response()
@@ -192,14 +209,29 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         error = _unexpected(exc, "an API request before its answer was queued")
         await _release(slot, follower)
         return error.response()
+    except asyncio.CancelledError:  # the client left while the request waited for a worker
+        await _release(slot, follower)
+        raise
     completion = Completion(completion_request, answer)
     if completion_request.stream:
-        response = StreamingHttpResponse(_stream(completion, follower, slot, user),
-                                         content_type="text/event-stream; charset=utf-8")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"  # a buffering proxy would hold every token back
-        return response
+        return _event_stream(_stream(completion, follower, slot, user))
     return await _whole(completion, follower, slot, user)
+
+
+async def _queue(request: CompletionRequest, follower: AnswerFollower, user: Any, key: Any) -> Message:
+    """Save and queue the checked request; the follower follows its answer from now on."""
+    answer = await in_db_pool(do_queue_completion)(user, key, request, follower.conversation_id)
+    follower.bind(answer.id)
+    # The rest of this request's lines name the answer too.
+    log_context.bind(conversation_id=answer.conversation_id, message_id=answer.id, model=request.spec.name)
+    return answer
+
+
+def _event_stream(chunks: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(chunks, content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # a buffering proxy would hold every token back
+    return response
 
 
 async def _release(slot: api_usage.Slot | None, follower: AnswerFollower | None) -> None:
@@ -254,6 +286,34 @@ async def _stream(completion: Completion, follower: AnswerFollower, slot: api_us
         if not finished:
             await _stop_unfinished(user, follower)
         await _release(slot, follower)
+
+
+async def _stream_once_served(request: CompletionRequest, follower: AnswerFollower, slot: api_usage.Slot,
+                              user: Any, key: Any) -> AsyncIterator[bytes]:
+    """A streamed request that came while no worker served its model: a keep-alive every
+    API_KEEPALIVE_SECONDS while it waits for one (API_WORKER_WAIT_SECONDS at most), then the answer as any
+    stream. Past the bound the no_worker 503 arrives as an error chunk (the status line has gone), and
+    nothing was written."""
+    try:
+        async for _ in wait_for_worker(request.spec, settings.API_WORKER_WAIT_SECONDS,
+                                       settings.API_KEEPALIVE_SECONDS):
+            yield KEEPALIVE
+        answer = await _queue(request, follower, user, key)
+    except Exception as exc:
+        await _release(slot, follower)
+        error = exc if isinstance(exc, ApiError) else _unexpected(exc, "an API request waiting for a worker")
+        yield _sse(Completion(request, None, follower.conversation_id).error_chunk(error))
+        yield _sse("[DONE]")
+        return
+    except BaseException:  # the client left while it waited (the stream was closed or cancelled)
+        await _release(slot, follower)
+        raise
+    answer_stream = _stream(Completion(request, answer), follower, slot, user)
+    try:
+        async for chunk in answer_stream:
+            yield chunk
+    finally:
+        await answer_stream.aclose()  # its own clean-up (stop an unfinished answer, release) runs now
 
 
 async def _whole(completion: Completion, follower: AnswerFollower, slot: api_usage.Slot, user: Any) -> HttpResponse:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse
 
 from chat.audit import record as audit
@@ -15,12 +17,32 @@ class AuditMiddleware:
     probes and the admin (audited through its log) declare nothing; the /v1 views record their own
     events, with the model call's details (chat.api.views)."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
+    sync_capable = True
+    async_capable = True
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if iscoroutinefunction(self):
+            return self._acall(request)
         started = time.monotonic()
         response = self.get_response(request)
+        self._record(request, response, started)
+        return response
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        started = time.monotonic()
+        response = await self.get_response(request)
+        match = request.resolver_match
+        if match is not None and declared(match.func, AUDITED, False):
+            await sync_to_async(self._record)(request, response, started)
+        return response
+
+    @staticmethod
+    def _record(request: HttpRequest, response: HttpResponse, started: float) -> None:
         match = request.resolver_match
         if match is not None and declared(match.func, AUDITED, False):
             audit.record(
@@ -29,4 +51,3 @@ class AuditMiddleware:
                 conversation_id=match.kwargs.get("conversation_id"),
                 detail={"method": request.method, "view": match.url_name},
             )
-        return response

@@ -18,6 +18,7 @@ from chat.conversations.actions import ChatError
 from chat.conversations.following import Follower
 from chat.conversations.frames import done_frame, error_frame, message_frame
 from chat.core import log_context, outage
+from chat.core.db_threads import in_db_pool
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID or not actions.is_storable(client_id):
             raise ChatError("invalid_frame", _("client_id must be a string of at most %(limit)d characters.")
                             % {"limit": MAX_CLIENT_ID})
-        await database_sync_to_async(actions.do_send_message)(
+        await in_db_pool(actions.do_send_message)(
             self.scope["user"], self.conversation_id, frame.get("content"), client_id, announce=self._announce,
             edit_of=frame.get("edit_of"),  # an edit: the new message is a version of that one
             attachments=frame.get("attachments") or None, request=self._frame_scope(),
@@ -180,7 +181,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         events.publish(self.conversation_id, message_frame(sent.assistant_message))
 
     async def _cmd_regenerate(self, frame: dict[str, Any]) -> None:
-        await database_sync_to_async(actions.do_regenerate)(
+        await in_db_pool(actions.do_regenerate)(
             self.scope["user"], self.conversation_id, frame.get("message_id"), announce=self._announce
         )
 
@@ -233,5 +234,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=text)
 
     # ---- channel-layer handlers --------------------------------------------------------------
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # A frame from the conversation's group touches no database: it skips channels' per-message
+        # close_old_connections, a hop to the database thread and back for every frame (a fifth of
+        # daphne's time at 48 streams, shared/FACTS.md).
+        if message.get("type") == "chat.frame":
+            await self.chat_frame(message)
+            return
+        await super().dispatch(message)
+
     async def chat_frame(self, event: dict[str, Any]) -> None:
         await self.send_json(event["frame"])

@@ -54,6 +54,35 @@ class _LoopPublisher:
                         exc_info=True)
             return False
 
+    def publish_many(self, frames: list[tuple[Any, dict[str, Any]]], timeout: float = 5.0) -> int:
+        """Send frames to several conversations at once (one hand-off to the loop, the sends concurrent);
+        each conversation's frames keep their order. Returns how many were taken."""
+        by_conversation: dict[Any, list[dict[str, Any]]] = {}
+        for conversation_id, frame in frames:
+            by_conversation.setdefault(conversation_id, []).append(frame)
+
+        async def in_order(conversation_id: Any, batch: list[dict[str, Any]]) -> int:
+            for frame in batch:
+                await apublish(conversation_id, frame)
+            return len(batch)
+
+        async def all_of() -> list[Any]:
+            return await asyncio.gather(*(in_order(c, b) for c, b in by_conversation.items()),
+                                        return_exceptions=True)
+
+        future = asyncio.run_coroutine_threadsafe(all_of(), self._ensure_loop())
+        try:
+            outcomes = future.result(timeout)
+        except Exception:  # the rows still have the text; resuming clients catch up from them
+            future.cancel()
+            log.warning("could not publish %d frames", len(frames), exc_info=True)
+            return 0
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            log.warning("could not publish frames to %d of %d conversations", len(failed), len(outcomes),
+                        exc_info=failed[0])
+        return sum(o for o in outcomes if isinstance(o, int))
+
 
 _publisher = _LoopPublisher()
 # A process forked after the loop started (e.g. a server started by a test that already ran a
@@ -64,3 +93,8 @@ os.register_at_fork(after_in_child=lambda: setattr(_publisher, "_loop", None))
 def publish(conversation_id: Any, frame: dict[str, Any]) -> bool:
     """Send a frame to the conversation's watchers from synchronous code (worker threads)."""
     return _publisher.publish(conversation_id, frame)
+
+
+def publish_many(frames: list[tuple[Any, dict[str, Any]]]) -> int:
+    """Send frames to several conversations' watchers at once, from synchronous code (the tick writer)."""
+    return _publisher.publish_many(frames)

@@ -118,6 +118,18 @@ def is_watched(conversation_id: object) -> bool:
         return True  # unknown: never cancel someone's answer because Redis hiccuped
 
 
+def watched_among(conversation_ids: set[object] | list[object]) -> set[object]:
+    """Which of these conversations someone watches, in one round trip (all of them when Redis cannot say)."""
+    ids = list(conversation_ids)
+    try:
+        pipe = _client().pipeline(transaction=False)
+        for conversation_id in ids:
+            pipe.exists(_watch_key(conversation_id))
+        return {c for c, found in zip(ids, pipe.execute(), strict=True) if found}
+    except redis.RedisError:
+        return set(ids)  # unknown: never cancel someone's answer because Redis hiccuped
+
+
 # ---- writing -----------------------------------------------------------------------------------
 WRITING_TTL_SECONDS = 20.0  # an answer whose key is this old has no live writer
 

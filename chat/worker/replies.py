@@ -1,4 +1,5 @@
-"""The worker's side of an answer: claim the row, save and publish text as it grows, finish it.
+"""The worker's side of an answer: claim the row, gather its text as it grows (saved and published by the
+tick writer), finish it.
 
 Invariant that makes resume gap-free: a delta is published only after the row holding its
 text (and its seq) was saved, so a client that reads the row after subscribing misses nothing.
@@ -8,11 +9,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import current_task
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from chat.accounts import usage as api_usage
@@ -24,6 +27,7 @@ from chat.core import log_context
 from chat.core.metrics import StreamMetrics, moderation_blocked
 from chat.moderation import moderator as moderation
 from chat.moderation.rules import ALLOWED, Verdict
+from chat.worker.tick_writer import tick_writer
 
 log = logging.getLogger(__name__)
 
@@ -93,25 +97,38 @@ def _images_by_message(message_ids: list[Any]) -> dict[Any, list[bytes]]:
     return found
 
 
-@dataclass
+@dataclass(frozen=True)
+class Unsent:
+    """What one save takes from a writer: the whole text so far (the row) and the part not yet sent (the frame)."""
+
+    seq: int
+    prompt_tokens: int
+    completion_tokens: int
+    full_content: str
+    full_reasoning: str
+    content: str
+    reasoning: str
+
+
+@dataclass(eq=False)
 class ReplyWriter:
-    """Accumulates an answer; every flush saves the row, then publishes the new text."""
+    """Accumulates an answer. The process's tick writer (chat/worker/tick_writer.py) saves the row and then
+    publishes the new text, for all answers together; appending never waits on the database or Redis."""
 
     job: ReplyJob
-    flush_seconds: float = field(default_factory=lambda: settings.STREAM_FLUSH_SECONDS)
     content: str = ""
     reasoning: str = ""
     seq: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     abandoned: bool = False
+    refused: bool = False  # a save found the row stopped, finished or deleted
     filtered: Verdict | None = None  # the moderation verdict that cut the answer
     _unsent_content: str = ""
     _unsent_reasoning: str = ""
-    _last_flush: float = 0.0
-    _last_watch_check: float = field(default_factory=time.monotonic)
     _unwatched_since: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._stop = liveness.cancel_watch.watch(self.job.message_id)
@@ -119,25 +136,29 @@ class ReplyWriter:
         self._content_watch = moderator.output_watch()
         self._reasoning_watch = moderator.output_watch()
         self._metrics = StreamMetrics(self.job.model, self.job.claimed_at)  # TTFT, token gaps, active streams
+        self.message_uuid = uuid.UUID(self.job.message_id)
 
     def close(self) -> None:
+        tick_writer().forget(self)
         liveness.cancel_watch.unwatch(self.job.message_id)
         self._metrics.closed()
 
     def _row(self):
         return Message.objects.filter(id=self.job.message_id)
 
-    def _publish(self, frame: dict[str, Any]) -> None:
-        events.publish(self.job.conversation_id, frame)
-
     def start(self, prompt_tokens: int) -> None:
+        """The prompt is ready: the count is saved with the first text (one write less per answer)."""
         self.prompt_tokens = prompt_tokens
-        self._row().update(prompt_tokens=prompt_tokens)
+        tick_writer().register(self)
+
+    def must_stop(self) -> bool:
+        """Stop pressed, the row refused a save, or nobody is watching."""
+        return self._stop.is_set() or self.refused or self.abandoned
 
     def append(self, content: str, reasoning: str, completion_tokens: int) -> bool:
         """Add text; returns False when the answer must stop (Stop pressed, nobody watching, the
-        row deleted, or the text tripped a moderation rule: see `filtered`)."""
-        if self._stop.is_set():
+        row refused a save, or the text tripped a moderation rule: see `filtered`)."""
+        if self.must_stop() or self.filtered is not None:
             return False
         # Moderated before it is saved or published: text that trips a rule never leaves the worker.
         for watch, text in ((self._content_watch, content), (self._reasoning_watch, reasoning)):
@@ -145,29 +166,29 @@ class ReplyWriter:
             if not verdict.allowed:
                 self.filtered = verdict
                 return False
-        self.content += content
-        self.reasoning += reasoning
-        self._unsent_content += content
-        self._unsent_reasoning += reasoning
-        self.completion_tokens = completion_tokens
+        with self._lock:
+            self.content += content
+            self.reasoning += reasoning
+            self._unsent_content += content
+            self._unsent_reasoning += reasoning
+            self.completion_tokens = completion_tokens
         self._metrics.delta(completion_tokens)
-        now = time.monotonic()
-        if now - self._last_watch_check >= min(2.0, settings.ABANDONED_AFTER_SECONDS / 2):
-            self._last_watch_check = now
-            if liveness.is_watched(self.job.conversation_id):
-                self._unwatched_since = None
-            elif self._unwatched_since is None:
-                # Not yet: a restarted Redis has lost every watched key until the sockets' next refresh
-                # (every third of the timeout); only an absence longer than that means nobody is there.
-                self._unwatched_since = now
-            elif now - self._unwatched_since >= settings.ABANDONED_AFTER_SECONDS / 2:
-                log.info("nobody is watching conversation %s; cancelling %s", self.job.conversation_id,
-                         self.job.message_id)
-                self.abandoned = True
-                return False
-        if now - self._last_flush < self.flush_seconds:
-            return True
-        return self.flush()
+        if not self.seq:
+            tick_writer().wake()  # an answer's first text goes out at once
+        return True
+
+    def note_watched(self, watched: bool, now: float) -> None:
+        """The tick writer asks every few seconds whether anyone has the conversation open."""
+        if watched:
+            self._unwatched_since = None
+        elif self._unwatched_since is None:
+            # Not yet: a restarted Redis has lost every watched key until the sockets' next refresh
+            # (every third of the timeout); only an absence longer than that means nobody is there.
+            self._unwatched_since = now
+        elif now - self._unwatched_since >= settings.ABANDONED_AFTER_SECONDS / 2 and not self.abandoned:
+            log.info("nobody is watching conversation %s; cancelling %s", self.job.conversation_id,
+                     self.job.message_id)
+            self.abandoned = True
 
     def final_check(self) -> bool:
         """At the natural end: a rule that needed the text's end to be sure (a word's last letter)."""
@@ -178,20 +199,32 @@ class ReplyWriter:
                 return False
         return True
 
-    def flush(self) -> bool:
-        if not (self._unsent_content or self._unsent_reasoning):
-            return True
-        saved = self._row().filter(status=Message.Status.STREAMING, stop_requested=False).update(
-            content=self.content, reasoning=self.reasoning, seq=self.seq + 1,
-            completion_tokens=self.completion_tokens, updated_at=timezone.now(),
-        )
-        if not saved:
-            return False
-        self.seq += 1
-        self._last_flush = time.monotonic()
-        self._publish(delta_frame(self.job.message_id, self.seq, self._unsent_content, self._unsent_reasoning))
-        self._unsent_content = self._unsent_reasoning = ""
-        return True
+    # ---- the tick writer's side -----------------------------------------------------------------------
+    def has_unsent(self) -> bool:
+        return bool(self._unsent_content or self._unsent_reasoning) and self.filtered is None and not self.refused
+
+    def take_unsent(self) -> Unsent | None:
+        """The text to save and send now (None: nothing); the caller saves it and publishes it as seq+1."""
+        with self._lock:
+            if not self.has_unsent():
+                return None
+            unsent = Unsent(self.seq + 1, self.prompt_tokens, self.completion_tokens, self.content, self.reasoning,
+                            self._unsent_content, self._unsent_reasoning)
+            self._unsent_content = self._unsent_reasoning = ""
+            return unsent
+
+    def restore_unsent(self, unsent: Unsent) -> None:
+        """A save failed: the taken text goes back in front of what came since."""
+        with self._lock:
+            self._unsent_content = unsent.content + self._unsent_content
+            self._unsent_reasoning = unsent.reasoning + self._unsent_reasoning
+
+    def refuse(self) -> None:
+        self.refused = True
+
+    def release(self) -> bool:
+        """Wait until all text appended so far is saved and published; False when the row refused it."""
+        return tick_writer().release(self)
 
     def should_cancel(self) -> bool:
         """After a refused save or append: cancel (Stop or abandoned), or just let go (deleted)."""
@@ -199,29 +232,33 @@ class ReplyWriter:
 
     def finish(self, status: str, finish_reason: str, error: str = "") -> Message | None:
         """Save the final text and state, then publish the remaining text and `done`."""
+        tick_writer().release(self)  # what it still holds is saved and sent first: frames stay in seq order
         self._metrics.finished(self.completion_tokens)
         unsent = bool(self._unsent_content or self._unsent_reasoning)
         final_seq = self.seq + 1 if unsent else self.seq
-        saved = self._row().filter(status=Message.Status.STREAMING).update(
-            status=status, finish_reason=finish_reason, error=error[:500], content=self.content,
-            reasoning=self.reasoning, seq=final_seq, prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens, stop_requested=False, updated_at=timezone.now(),
-        )
-        self._audit(finish_reason if saved else "deleted")
+        # The row's end and its audit event in one transaction: one turn at the database's write lock.
+        with transaction.atomic():
+            saved = self._row().filter(status=Message.Status.STREAMING).update(
+                status=status, finish_reason=finish_reason, error=error[:500], content=self.content,
+                reasoning=self.reasoning, seq=final_seq, prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens, stop_requested=False, updated_at=timezone.now(),
+            )
+            self._audit(finish_reason if saved else "deleted")
         if self.job.source == "api" and self.job.user_id is not None:
             api_usage.record_tokens(self.job.user_id, self.prompt_tokens, self.completion_tokens)
         if not saved:  # deleted meanwhile: nobody to tell
             return None
+        frames = []
         if unsent:
             self.seq = final_seq
-            self._publish(delta_frame(self.job.message_id, self.seq, self._unsent_content, self._unsent_reasoning))
+            frames.append(delta_frame(self.job.message_id, self.seq, self._unsent_content, self._unsent_reasoning))
             self._unsent_content = self._unsent_reasoning = ""
         message = Message.objects.get(id=self.job.message_id)
         if status == Message.Status.FAILED:
-            self._publish(error_frame("generation_failed", error, message_id=message.id))
+            frames.append(error_frame("generation_failed", error, message_id=message.id))
         # The finished row once more, now with its rendered HTML (pages swap the plain text for it).
-        self._publish(message_frame(message))
-        self._publish(done_frame(message))
+        frames += [message_frame(message), done_frame(message)]
+        events.publish_many([(self.job.conversation_id, frame) for frame in frames])  # in order, one hand-off
         return message
 
     def _audit(self, outcome: str) -> None:

@@ -14,7 +14,9 @@ from chat.core import log_context
 from chat.core.metrics_snapshots import ensure_pushing, stop_pushing
 from chat.core.served_models import all_models, get_model
 from chat.core.worker_routing import Heartbeat, private_queue
+from chat.worker import watchdog
 from chat.worker.replies import ReplyJob, ReplyWriter, claim
+from chat.worker.tick_writer import tick_writer
 from inference.batching import BatchConfig
 from inference.engine import Delta, Engine, GenerationStats, PromptTooLong, SamplingParams
 from inference.loading import ModelCache, ModelLoadError
@@ -34,7 +36,9 @@ def engine_for(spec: ModelSpec) -> Engine | UpstreamEngine:
             engine = _engines[spec] = UpstreamEngine(spec)
         else:
             # The batching manager takes token ids only: vision models answer one request per thread.
-            engine = _engines[spec] = Engine(_models.get(spec), spec, None if spec.vision else batch_config())
+            engine = _engines[spec] = Engine(_models.get(spec), spec, None if spec.vision else batch_config(),
+                                             max_sequences=settings.ENGINE_MAX_SEQUENCES,
+                                             solo_sequences=settings.ENGINE_SOLO_SEQUENCES)
     return engine
 
 
@@ -92,7 +96,17 @@ def _answer_locally(engine: Engine, job: ReplyJob, params: SamplingParams, write
     prompt_ids = engine.encode_chat(job.history, params.max_new_tokens, conversation=job.conversation_id)
     writer.start(len(prompt_ids))
     stats = GenerationStats()
-    if _relay(engine.generate(prompt_ids, params, stats), stats, writer):
+    # In the shared batch, the process's tick writer reads the tokens and writes the text (no thread is
+    # woken per token); a request that cannot join the batch is relayed by this thread.
+    generation = engine.open(prompt_ids, params, stats, wake=tick_writer().wake)
+    if generation is None:
+        ended = _relay(engine.generate(prompt_ids, params, stats), stats, writer)
+    else:
+        try:
+            ended = _conclude(tick_writer().follow(writer, generation, stats), stats, writer)
+        finally:
+            engine.report(generation)
+    if ended:
         engine.remember_turn(job.conversation_id, job.history, writer.content, prompt_ids, stats)
 
 
@@ -105,6 +119,7 @@ def _answer_upstream(engine: UpstreamEngine, job: ReplyJob, params: SamplingPara
 
 def _relay(stream: Iterator[Delta], stats: GenerationStats, writer: ReplyWriter) -> bool:
     """Feed the engine's deltas to the writer and finish the row; True when the answer ended on its own."""
+    ended = False
     for delta in stream:
         if not writer.append(delta.content, delta.reasoning, stats.completion_tokens):
             stream.close()
@@ -112,11 +127,17 @@ def _relay(stream: Iterator[Delta], stats: GenerationStats, writer: ReplyWriter)
     else:
         writer.completion_tokens = stats.completion_tokens
         writer.prompt_tokens = stats.prompt_tokens or writer.prompt_tokens
-        if writer.final_check() and writer.flush():
-            writer.done(stats.finish_reason)
-            return True
-    # The text was refused: a moderation rule tripped, Stop was pressed, nobody is watching,
-    # or the row was deleted.
+        ended = writer.final_check()
+    # All its text saved and sent before the end's frames; a refused save means the row was stopped.
+    return _conclude(writer.release() and ended, stats, writer)
+
+
+def _conclude(ended: bool, stats: GenerationStats, writer: ReplyWriter) -> bool:
+    """Finish the row: done when the answer ended on its own; otherwise the text was refused: a moderation
+    rule tripped, Stop was pressed, nobody is watching, or the row was deleted."""
+    if ended:
+        writer.done(stats.finish_reason)
+        return True
     if writer.filtered is not None:
         writer.content_filtered()
     elif writer.should_cancel():
@@ -150,11 +171,14 @@ def join_models(sender=None, **kwargs) -> None:
         # Answers left streaming by a worker that died are failed (their text kept) by the survivors;
         # answers whose queued task Redis lost are queued again, and those never taken fail in time.
         _heartbeats.append(WritingBeacon(sender.hostname, lifecycle.sweep).start())
+    # From now on the worker exits when it can no longer take tasks, so its supervisor restarts it.
+    watchdog.start(sender)
 
 
 @worker_shutdown.connect
 def stop_engines(**kwargs) -> None:
     """The batching loops run in non-daemon threads: stop them, or the worker never exits."""
+    watchdog.stop()
     while _heartbeats:
         _heartbeats.pop().stop()
     stop_pushing()

@@ -28,6 +28,9 @@ class EchoEngine:
         prompt.text = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
         return prompt
 
+    def open(self, prompt_ids, params, stats, wake=None) -> None:
+        return None  # no shared batch: the answer's thread relays `generate`
+
     def remember_turn(self, *args, **kwargs) -> None:
         pass
 

@@ -25,7 +25,7 @@ def database_url() -> str:
     from django.db import connection
 
     db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
+    if db["ENGINE"].endswith(("sqlite3", ".sqlite")):  # Django's, or ours (deepseek_web/sqlite)
         return f"sqlite:///{os.path.abspath(db['NAME'])}"
     user = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
     return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
@@ -47,7 +47,7 @@ def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: f
 class LoopbackStack:
     """Starts and stops the parts; every address is 127.0.0.1 and every wait is bounded."""
 
-    def __init__(self, model: dict[str, Any], webs: int = 1, workers: int = 1, worker_threads: int = 8,
+    def __init__(self, model: dict[str, Any], webs: int = 1, workers: int = 1, worker_threads: int | None = None,
                  env: dict[str, str] | None = None, ping: tuple[int, int] = (20, 30)) -> None:
         self.model = model
         self.queue = QUEUE_PREFIX + model["name"]
@@ -94,8 +94,10 @@ class LoopbackStack:
 
     def start_worker(self, name: str) -> None:
         self.workers[name] = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-P", "threads", "-c",
-             str(self.worker_threads), "-Q", self.queue, "-n", f"{name}@resilience", "--loglevel", "WARNING",
+            # The pool's size: the settings' (sized by the engine's capacity) unless the stack was given one.
+            [sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-P", "threads",
+             *(["-c", str(self.worker_threads)] if self.worker_threads else []),
+             "-Q", self.queue, "-n", f"{name}@resilience", "--loglevel", "WARNING",
              "--without-mingle", "--without-gossip"],
             env=self.env, cwd=settings.BASE_DIR, stdout=self._log(f"worker-{name}"), stderr=subprocess.STDOUT,
             start_new_session=True)

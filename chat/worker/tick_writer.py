@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 SMOOTH_ANSWERS = 8  # up to this many answers, the tick is STREAM_FLUSH_SECONDS
 PUMP_SECONDS = 0.05  # how often the batch's new tokens are read, between saves too (Stop, moderation)
 WATCH_CHECK_SECONDS = 2.0  # how often whether anyone still watches the conversations is asked (one pipeline)
-RELEASE_TIMEOUT_SECONDS = 60.0  # a writer thread that waits longer goes on (this thread is stuck or dead)
+STALL_SECONDS = 60.0  # a writer that went no round for this long is stuck: its answers fail (one DB wait is 30 s)
 
 
 def tick_seconds(active: int) -> float:
@@ -117,14 +117,23 @@ class TickWriter:
             entry.released.set()
 
     def _wait(self, entry: _Entry) -> None:
-        if not entry.released.wait(RELEASE_TIMEOUT_SECONDS):
-            log.error("the tick writer did not let go of %s in %.0f s; going on", entry.writer.job.message_id,
-                      RELEASE_TIMEOUT_SECONDS)
+        """Until the entry is let go; however long the answer takes, as long as this writer's thread keeps
+        going round (one that died is started again). Stuck for STALL_SECONDS: the answer fails."""
+        seen = self.rounds
+        while not entry.released.wait(STALL_SECONDS):
+            with self._lock:
+                self._ensure_thread()
+            if self.rounds != seen:
+                seen = self.rounds
+                continue
+            log.error("the tick writer made no progress for %.0f s; giving up on %s", STALL_SECONDS,
+                      entry.writer.job.message_id)
             with self._lock:
                 self._entries.pop(id(entry.writer), None)
             if entry.generation is not None:
                 entry.generation.close()
                 entry.error = entry.error or RuntimeError("the answer's writer stopped responding")
+            return
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():

@@ -186,3 +186,26 @@ def test_a_seeded_request_does_not_join_the_batch(engine):
 def test_the_worker_pool_is_sized_by_the_engine(settings):
     # Celery's pool only holds answers waiting on the engine: sized by its places, plus a few for periodic jobs.
     assert settings.CELERY_WORKER_CONCURRENCY == settings.ENGINE_MAX_SEQUENCES + settings.ENGINE_SOLO_SEQUENCES + 2
+
+
+def test_an_answer_longer_than_the_stall_interval_is_followed_to_its_end(alice, broker, engine, monkeypatch):
+    # The writer's thread keeps going round, so a long answer is waited for however long it takes; only a
+    # thread that goes no round for the interval counts as stuck.
+    monkeypatch.setattr(ticks, "STALL_SECONDS", 4 * ticks.PUMP_SECONDS)
+    conversation = Conversation.objects.create(user=alice, model="deepseek-chat")
+    question = Message.objects.create(conversation=conversation, role="user", content="hi", position=0)
+    answer = Message.objects.create(conversation=conversation, role="assistant", status="pending", position=1,
+                                    parent=question)
+    writer = ReplyWriter(claim(str(answer.id)))
+    try:
+        ids = engine.encode_chat([{"role": "user", "content": "Hello, who are you?"}], 400)
+        stats = GenerationStats()
+        generation = engine.open(ids, SamplingParams(400, temperature=0), stats, wake=ticks.tick_writer().wake)
+        writer.start(len(ids))
+        assert ticks.tick_writer().follow(writer, generation, stats) is True
+        writer.done(stats.finish_reason)
+    finally:
+        writer.close()
+    answer.refresh_from_db()
+    assert (answer.status, answer.completion_tokens) == ("done", stats.completion_tokens)
+    assert answer.content and stats.completion_tokens > 24

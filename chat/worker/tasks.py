@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
+from django.db import close_old_connections
 
 from chat.conversations import lifecycle
 from chat.conversations.liveness import WritingBeacon
@@ -99,6 +100,9 @@ def _answer_locally(engine: Engine, job: ReplyJob, params: SamplingParams, write
     # In the shared batch, the process's tick writer reads the tokens and writes the text (no thread is
     # woken per token); a request that cannot join the batch is relayed by this thread.
     generation = engine.open(prompt_ids, params, stats, wake=tick_writer().wake)
+    # The thread now waits for the whole answer: it lets its database connection go unless connections are
+    # kept (SQLite's default), or 128 answers would hold 128 PostgreSQL connections (DATABASE_CONN_MAX_AGE).
+    close_old_connections()
     if generation is None:
         ended = _relay(engine.generate(prompt_ids, params, stats), stats, writer)
     else:
@@ -113,6 +117,7 @@ def _answer_locally(engine: Engine, job: ReplyJob, params: SamplingParams, write
 def _answer_upstream(engine: UpstreamEngine, job: ReplyJob, params: SamplingParams, writer: ReplyWriter) -> None:
     # The upstream renders and counts the prompt itself; its count arrives with the last chunk.
     writer.start(0)
+    close_old_connections()  # as for a local answer: no connection held while the upstream writes
     stats = GenerationStats()
     _relay(engine.generate(job.history, params, stats), stats, writer)
 

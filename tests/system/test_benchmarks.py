@@ -27,6 +27,13 @@ def test_bench_inference_quick_reports_every_figure(broker):
 
 
 def test_bench_stream_reports_engine_socket_and_api_figures(broker):
-    figures = run("bench_stream", "--runs", "1", "--tokens", "8", "--concurrency", "2")
+    figures = run("bench_stream", "--runs", "1", "--tokens", "8", "--levels", "1,2")
     for path in ("engine", "socket", "api"):
-        assert figures[path]["ttft_ms_p50"] > 0 and figures[path]["concurrent_aggregate_tokens_per_s"] > 0
+        assert figures[path]["single"]["ttft_ms_p50"] > 0
+        for level in ("1", "2"):
+            assert figures[path][level]["streams"] == int(level)
+            assert figures[path][level]["aggregate_tokens_per_s"] > 0
+            assert figures[path][level]["ttft_ms_p99"] >= figures[path][level]["ttft_ms_p50"] > 0
+    for path in ("socket", "api"):  # every answer's text arrived whole and once
+        assert (figures[path]["2"]["lost"], figures[path]["2"]["repeated"]) == (0, 0)
+        assert set(figures[path]["2"]["cpu_seconds"]) == {"worker", "web", "client"}

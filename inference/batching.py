@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import queue
 import threading
 import uuid
 from collections.abc import Iterator
@@ -52,9 +51,11 @@ class BatchRequest:
     (no thread is woken per token); `take()` returns the tokens since the last call. `wake` is called once,
     with the first output, so an answer's first text need not wait for the reader's next round."""
 
-    def __init__(self, runner: BatchRunner, manager: Any, request_id: str, wake: Any = None) -> None:
+    def __init__(self, runner: BatchRunner, manager: Any, request_id: str, wake: Any = None,
+                 wake_each: bool = False) -> None:
         self.runner, self.manager, self.request_id = runner, manager, request_id
         self._wake = wake
+        self._wake_each = wake_each  # a blocking reader (`BatchRunner.stream`) is woken by every output
         self._outputs: collections.deque = collections.deque()  # appended by the batch's thread only
         self._started = False
         self._seen = 0
@@ -65,7 +66,7 @@ class BatchRequest:
         first = not self._started
         self._started = True
         self._outputs.append(output)
-        if first and self._wake is not None:
+        if self._wake is not None and (first or self._wake_each):
             self._wake()
 
     def take(self) -> list[int]:
@@ -149,10 +150,10 @@ class BatchRunner:
             return self._manager
 
     def submit(self, prompt_ids: list[int], max_new_tokens: int, temperature: float, top_p: float,
-               wake: Any = None) -> BatchRequest:
+               wake: Any = None, wake_each: bool = False) -> BatchRequest:
         """Add a request to the batch and return it, to be read with `take()` (no thread waits on it)."""
         manager = self.manager()
-        request = BatchRequest(self, manager, uuid.uuid4().hex, wake)
+        request = BatchRequest(self, manager, uuid.uuid4().hex, wake, wake_each)
         router = manager.output_router
         with router._lock:  # registered before submitting, so no result goes to the shared queue
             router.result_handlers[request.request_id] = (request._handle, _DirectDispatch)
@@ -169,43 +170,23 @@ class BatchRunner:
     def stream(
         self, prompt_ids: list[int], max_new_tokens: int, temperature: float, top_p: float
     ) -> Iterator[list[int]]:
-        """Yield lists of new token ids as the batch produces them. Closing the iterator early
+        """Yield lists of new token ids as the batch produces them, blocking between them (the engine's
+        `generate`; the tick writer reads `submit`'s requests without blocking). Closing the iterator early
         cancels the request in the engine, freeing its slot at the next step."""
-        manager = self.manager()
-        request_id = uuid.uuid4().hex
-        results: queue.Queue = queue.Queue()
-        router = manager.output_router
-        with router._lock:  # registered before submitting, so no result goes to the shared queue
-            router.result_handlers[request_id] = (results.put, _DirectDispatch)
-        finished = False
+        arrived = threading.Event()
+        request = self.submit(prompt_ids, max_new_tokens, temperature, top_p, wake=arrived.set, wake_each=True)
         try:
-            added = manager.add_request(
-                list(prompt_ids), request_id=request_id, max_new_tokens=max_new_tokens, streaming=True,
-                eos_token_id=sorted(self.eos_ids),
-                temperature=float(max(temperature, GREEDY_TEMPERATURE)), top_p=float(top_p),
-            )
-            if added is None:
-                raise EngineCrashed("the batching engine is not accepting requests")
-            seen = 0
-            while not finished:
-                try:
-                    output = results.get(timeout=1.0)
-                except queue.Empty:
-                    if not manager.is_running():
-                        raise EngineCrashed("the batching loop stopped while answering") from None
+            while not request.finished:
+                if not arrived.wait(1.0):
+                    if not request.manager.is_running():
+                        raise EngineCrashed("the batching loop stopped while answering")
                     continue
-                if output.error:
-                    raise EngineCrashed(f"the batching loop failed: {output.error}")
-                finished = output.is_finished()
-                new = output.generated_tokens[seen:]
-                seen = len(output.generated_tokens)
+                arrived.clear()  # outputs after this set it again; those before are taken now
+                new = request.take()
                 if new:
                     yield new
         finally:
-            with router._lock:
-                router.result_handlers.pop(request_id, None)
-            if not finished:
-                manager.cancel_request(request_id)
+            request.close()
 
     def stop(self, timeout: float | None = None) -> None:
         with self._lock:

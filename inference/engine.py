@@ -253,16 +253,6 @@ class Engine:
             raise
         return Generation(request, TextDecoder(self, params, stats, max_new), slot)
 
-    @staticmethod
-    def report(generation: Generation) -> None:
-        """The generation's last log line; from the answer's own thread, so it carries its request id."""
-        stats, took = generation.decoder.stats, time.monotonic() - generation.started
-        if generation.ended:
-            log.debug("generation finished (%s): %d prompt + %d new tokens in %.2f s", stats.finish_reason,
-                      stats.prompt_tokens, stats.completion_tokens, took)
-        else:
-            log.debug("generation cancelled after %d tokens in %.2f s", stats.completion_tokens, took)
-
     def generate(self, prompt_ids: list[int], params: SamplingParams, stats: GenerationStats) -> Iterator[Delta]:
         """Yield text deltas as tokens are produced; `stats` is filled in as it goes.
 
@@ -371,6 +361,15 @@ class Generation:
             self.close()
             deltas += self.decoder.finish()
         return deltas
+
+    def report(self) -> None:
+        """The generation's last log line; from the answer's own thread, so it carries its request id."""
+        stats, took = self.decoder.stats, time.monotonic() - self.started
+        if self.ended:
+            log.debug("generation finished (%s): %d prompt + %d new tokens in %.2f s", stats.finish_reason,
+                      stats.prompt_tokens, stats.completion_tokens, took)
+        else:
+            log.debug("generation cancelled after %d tokens in %.2f s", stats.completion_tokens, took)
 
     def close(self) -> None:
         if self.request is not None:

@@ -109,7 +109,7 @@ def _answer_locally(engine: Engine, job: ReplyJob, params: SamplingParams, write
         try:
             ended = _conclude(tick_writer().follow(writer, generation, stats), stats, writer)
         finally:
-            engine.report(generation)
+            generation.report()
     if ended:
         engine.remember_turn(job.conversation_id, job.history, writer.content, prompt_ids, stats)
 

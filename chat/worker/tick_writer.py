@@ -68,8 +68,7 @@ class TickWriter:
         self._thread: threading.Thread | None = None
         self._last_flush = 0.0
         self._last_watch_check = 0.0
-        self.rounds = 0  # for tests and metrics: rounds run, flushes (transactions) done
-        self.flushes = 0
+        self.rounds = 0  # rounds run: a waiting writer thread tells a stuck writer from a long answer
         self.largest_flush = 0  # the most rows one transaction saved
 
     # ---- called from writer threads -----------------------------------------------------------------
@@ -242,7 +241,6 @@ class TickWriter:
                 writer.restore_unsent(unsent)
             close_old_connections()
             return
-        self.flushes += 1
         self.largest_flush = max(self.largest_flush, len(taken))
         frames = []
         for (writer, unsent), ok in zip(taken, saved, strict=True):

@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 # a subscriber reconnects, is gone, an answer's last `message` and `done` included. So a reader that has heard
 # nothing of an answer for CATCH_UP_SECONDS reads its row, which holds every delta published so far
 # (chat/worker/replies.py saves before it publishes), and is given what it lacks: newer text, or the finished row.
-# An answer being written flushes every STREAM_FLUSH_SECONDS; one a worker has not started yet (queued) is quiet
-# too, and then costs one small query per interval. A page that missed frames can also ask (`resume`), so a
-# socket reads every 3 s; an API response, which cannot, passes its own shorter interval (chat/api/stream.py).
+# An answer being written flushes at least every STREAM_FLUSH_MAX_SECONDS; one a worker has not started yet
+# (queued) is quiet too, and then costs one small query per interval. A page that missed frames can also
+# ask (`resume`), so a socket reads every 3 s; an API response, which cannot, passes its own shorter
+# interval (chat/api/stream.py).
 CATCH_UP_SECONDS = 3.0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import os
 import secrets
 from pathlib import Path
 
@@ -18,12 +19,22 @@ DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "var"))).resolve()
 
 
 def _dev_secret_key() -> str:
-    """A per-checkout key generated once and kept in DATA_DIR, so sessions survive restarts."""
+    """A per-checkout key generated once and kept in DATA_DIR, so sessions survive restarts.
+
+    The file is created readable by its owner only (O_EXCL, mode 600) before the key is written, so
+    the key is never in a file others may read, not even for a moment; a failed write leaves no file."""
     path = DATA_DIR / "secret_key"
-    if not path.exists():
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(50))
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return path.read_text().strip()
 
 
@@ -85,6 +96,9 @@ MIDDLEWARE = [
     # WhiteNoise, able to run in an async chain: every middleware here can, so /v1's async views are not
     # run on Django's one sync thread (chat/core/static_files.py).
     "chat.core.static_files.StaticFilesMiddleware",
+    # Outside the sessions: once a request's sessions are saved, tells open chat sockets of the sessions it
+    # ended, and lets a session cycled by a password change keep its sockets (chat/accounts/session_epochs.py).
+    "chat.accounts.session_epochs.SessionSuccessionMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -220,6 +234,9 @@ AXES_LOCKOUT_CALLABLE = "chat.accounts.lockout.lockout_response"
 AXES_CLIENT_IP_CALLABLE = "chat.accounts.lockout.client_ip"
 # Sign-up flooding: accounts one client address may create per hour (0 = no limit), counted in Redis.
 SIGNUPS_PER_IP_PER_HOUR = env_int("SIGNUPS_PER_IP_PER_HOUR", 10, minimum=0)
+# Who may make an account: anyone (open), anyone but staff approve it before it signs in (approval),
+# or only staff, in the admin (closed).
+SIGNUP_MODE = env_choice("SIGNUP_MODE", "open", ("open", "approval", "closed"))
 
 LANGUAGE_CODE = env_str("LANGUAGE_CODE", "en")
 # The UI's languages; the choice is remembered in the django_language cookie (LocaleMiddleware).
@@ -257,6 +274,16 @@ ATTACHMENTS_PER_USER = env_int("ATTACHMENTS_PER_USER", 1000, minimum=1)
 REMOTE_IMAGES_ENABLED = env_bool("REMOTE_IMAGES_ENABLED", False)
 REMOTE_IMAGES_TIMEOUT = env_float("REMOTE_IMAGES_TIMEOUT", 10.0, minimum=0.1)
 ATTACHMENT_BYTES_PER_USER = env_int("ATTACHMENT_BYTES_PER_USER", 1024 * 1024 * 1024, minimum=1024)
+# Per user (0 = no limit): uploads a minute, and images being decoded at once, uploads and /v1 together
+# (chat/conversations/image_work.py; one 40-megapixel image takes ~0.5 GB while it is processed).
+UPLOADS_PER_MINUTE = env_int("UPLOADS_PER_MINUTE", 30, minimum=0)
+IMAGE_PROCESSING_PER_USER = env_int("IMAGE_PROCESSING_PER_USER", 2, minimum=0)
+# What one answer may look at (chat/conversations/image_budget.py): /v1 refuses more, the chat keeps the newest.
+IMAGES_PER_REQUEST = env_int("IMAGES_PER_REQUEST", 8, minimum=1)
+# Declared width × height of those images together: eight 12-megapixel phone photos fit.
+IMAGE_PIXELS_PER_REQUEST = env_int("IMAGE_PIXELS_PER_REQUEST", 100_000_000, minimum=1)
+# Images one conversation may hold (each send is refused past it).
+IMAGES_PER_CONVERSATION = env_int("IMAGES_PER_CONVERSATION", 100, minimum=1)
 
 # --- Redis: one URL for the channel layer and the Celery broker.
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -302,10 +329,17 @@ WORKER_CONSUMER_GRACE_SECONDS = env_float("WORKER_CONSUMER_GRACE_SECONDS", 60.0,
 # --- Audit log and moderation (chat/audit/record.py, chat/moderation/moderator.py).
 AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 365, minimum=1)
 AUDIT_TRUSTED_PROXY_COUNT = env_int("AUDIT_TRUSTED_PROXY_COUNT", 0, minimum=0)
+# The audit chain's HMAC key, kept outside the database; empty: derived from SECRET_KEY (chat/audit/chain.py).
+AUDIT_CHAIN_KEY = env_str("AUDIT_CHAIN_KEY", "")
+# Audit rows per client address per minute for rejected API keys and anonymous requests; past it, one
+# "suppressed" count per minute (chat/audit/record.py). 0 = no limit.
+AUDIT_ANONYMOUS_EVENTS_PER_MINUTE = env_int("AUDIT_ANONYMOUS_EVENTS_PER_MINUTE", 30, minimum=0)
 MODERATION_ENABLED = env_bool("MODERATION_ENABLED", True)
 MODERATION_CLASSIFIER_PATH = env_str("MODERATION_CLASSIFIER_PATH", "")
 # Staff edits to rules in the admin reach every process within this many seconds.
 MODERATION_RULES_TTL = env_float("MODERATION_RULES_TTL", 5.0, minimum=0.0)
+# The time one regex rule may take on one text or stream step; past it the rule counts as a match (fail closed).
+MODERATION_REGEX_TIMEOUT_MS = env_int("MODERATION_REGEX_TIMEOUT_MS", 50, minimum=1)
 
 # --- Chat and models.
 DEMO_MODELS_DIR = DATA_DIR / "models"
@@ -358,8 +392,35 @@ ABANDONED_AFTER_SECONDS = env_float("ABANDONED_AFTER_SECONDS", 60.0, minimum=0.1
 # messages (sends and regenerations) per minute (chat/conversations/message_limits.py).
 CHAT_ACTIVE_ANSWERS_PER_USER = env_int("CHAT_ACTIVE_ANSWERS_PER_USER", 4, minimum=0)
 CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20, minimum=0)
+# Conversation imports one user may try per hour, counted before the upload is parsed (0 = no limit).
+IMPORTS_PER_USER_PER_HOUR = env_int("IMPORTS_PER_USER_PER_HOUR", 20, minimum=0)
+# Tokens (prompt and answer) one user's chat answers may spend per UTC day (0 = no limit); each answer
+# holds its most up front and gives back what it did not spend (chat/accounts/usage.py).
+CHAT_TOKENS_PER_DAY = env_int("CHAT_TOKENS_PER_DAY", 1_000_000, minimum=0)
 SOCKET_FRAME_BURST = env_int("SOCKET_FRAME_BURST", 20, minimum=1)
 SOCKET_FRAMES_PER_SECOND = env_float("SOCKET_FRAMES_PER_SECOND", 2.0, minimum=0.01)
+# A socket that goes on sending after this many refusals in a row (rate_limited, each answered with an error
+# frame: a page stops at the first) is closed with 4008, so a flood costs a reconnect, not a frame each (0 = never).
+SOCKET_REFUSALS_BEFORE_CLOSE = env_int("SOCKET_REFUSALS_BEFORE_CLOSE", 50, minimum=0)
+# Chat sockets open at once per user (across processes; the next is closed with 4429) and per web process
+# (the next is closed with 4503, try later); 0 = no limit (chat/conversations/socket_slots.py).
+SOCKETS_PER_USER = env_int("SOCKETS_PER_USER", 20, minimum=0)
+SOCKETS_PER_PROCESS = env_int("SOCKETS_PER_PROCESS", 2000, minimum=0)
+# An open socket re-reads its session at least this often, besides whenever a logout, password change or
+# deactivation of its user bumps the session epoch (chat/accounts/session_epochs.py).
+SESSION_RECHECK_SECONDS = env_float("SESSION_RECHECK_SECONDS", 60.0, minimum=1.0)
+# `resume` re-reads and renders a whole answer: its own, smaller bucket per socket (burst, refills per second).
+SOCKET_RESUME_BURST = env_int("SOCKET_RESUME_BURST", 5, minimum=1)
+SOCKET_RESUMES_PER_SECOND = env_float("SOCKET_RESUMES_PER_SECOND", 0.5, minimum=0.01)
+# Rendering answers (chat/conversations/rendering.py): past RENDER_MAX_CHARS of text or RENDER_MAX_HTML_CHARS
+# of HTML a message shows as plain text with a notice; RENDER_CACHE_BYTES bounds the per-process render cache.
+RENDER_MAX_CHARS = env_int("RENDER_MAX_CHARS", 50_000, minimum=1)
+RENDER_MAX_HTML_CHARS = env_int("RENDER_MAX_HTML_CHARS", 500_000, minimum=1)
+RENDER_CACHE_BYTES = env_int("RENDER_CACHE_BYTES", 64 * 1024 * 1024, minimum=0)
+# A conversation page (and each "earlier messages" fetch) carries at most this many messages of the branch on
+# show, and stops adding older ones past this many characters of text and HTML (chat/conversations/windows.py).
+CONVERSATION_PAGE_MESSAGES = env_int("CONVERSATION_PAGE_MESSAGES", 50, minimum=1)
+CONVERSATION_PAGE_CHARS = env_int("CONVERSATION_PAGE_CHARS", 1_000_000, minimum=1)
 
 # The /v1 API: per-user limits (0 = none), how long a response waits between keep-alive
 # comments while its answer is queued, and the largest request body it reads.
@@ -374,7 +435,12 @@ API_QUEUE_TIMEOUT_SECONDS = env_float("API_QUEUE_TIMEOUT_SECONDS", 600.0, minimu
 # A request for a model no live worker serves (workers starting or restarting) waits this long for one,
 # with keep-alives when streamed, before its 503 (0 = the 503 at once).
 API_WORKER_WAIT_SECONDS = env_float("API_WORKER_WAIT_SECONDS", 30.0, minimum=0.0)
-API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 64 * 1024 * 1024, minimum=1024)
+# A /v1 body (base64 images included) past this is refused by its Content-Length, before it is read.
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
+# Any request body past this is refused by the web server itself, unread (deepseek_web/daphne_server.py): at
+# least the largest body a view takes (an upload with its multipart envelope, a /v1 body).
+SERVER_MAX_BODY_BYTES = env_int("SERVER_MAX_BODY_BYTES", max(API_MAX_BODY_BYTES, ATTACHMENT_MAX_BYTES) + 1024 * 1024,
+                                minimum=max(API_MAX_BODY_BYTES, ATTACHMENT_MAX_BYTES + 64 * 1024))
 # API requests are kept (as hidden conversations) this long, then removed by the daily prune.
 API_HISTORY_DAYS = env_int("API_HISTORY_DAYS", 7, minimum=0)
 

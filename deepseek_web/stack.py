@@ -29,6 +29,13 @@ READY_POLL_SECONDS = 1.0
 PROGRESS_EVERY_SECONDS = 15.0
 
 
+def web_server_command(host: str, port: int) -> list[str]:
+    """daphne with the server's own body cap (deepseek_web/daphne_server.py): without a proxy in front, nothing
+    else stops a 4 GB POST before daphne has buffered it."""
+    return [sys.executable, "-m", "deepseek_web.daphne_server", "-b", host, "-p", str(port),
+            "deepseek_web.asgi:application"]
+
+
 def _say(line: str) -> None:
     print(line, flush=True)
 
@@ -186,9 +193,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         worker.start()
-        daphne = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "deepseek_web.asgi:application"], env=env
-        )
+        daphne = subprocess.Popen(web_server_command(host, port), env=env)
         started = time.monotonic()
         ready, shown, shown_at, next_poll = False, None, 0.0, 0.0
         while not stopping and daphne.poll() is None:

@@ -25,7 +25,8 @@ case "${1:-web}" in
         ;;
     web)
         refuse_placeholders
-        exec daphne -b 0.0.0.0 -p "${PORT:-8000}" deepseek_web.asgi:application
+        # daphne with the server's own body cap (SERVER_MAX_BODY_BYTES: deepseek_web/daphne_server.py).
+        exec python -m deepseek_web.daphne_server -b 0.0.0.0 -p "${PORT:-8000}" deepseek_web.asgi:application
         ;;
     worker)
         refuse_placeholders

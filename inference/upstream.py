@@ -24,8 +24,9 @@ _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
 class UpstreamError(RuntimeError):
     """The upstream failed this request: unreachable, too slow, refused it, or broke off mid-answer.
 
-    The message is meant for the person who asked: it names the model, the upstream's status
-    and its own words, never the key (nor the upstream's address, which the worker's log has)."""
+    The message is for the worker's log: it names the model, the upstream's status and its own words,
+    never the key. The person who asked reads a stable sentence with the status and an error id
+    instead (chat/worker/tasks.py), since an upstream's reply may quote anything."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)

@@ -7,3 +7,7 @@ class AccountsConfig(AppConfig):
     label = "accounts"
     verbose_name = "Accounts"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Signal receivers: open sockets follow the session; a password change ends the other sessions.
+        from chat.accounts import session_index, session_signals  # noqa: F401

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.contrib import messages as flash
+from django.contrib.auth import authenticate
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -19,12 +20,13 @@ from chat.core.ui_strings import ui_strings
 
 
 def _page(request: HttpRequest, *, new_key: str = "", name_error: str = "", name: str = "",
-          status: int = 200) -> HttpResponse:
+          password_error: str = "", status: int = 200) -> HttpResponse:
     user_id = request.user.pk
     context = {
         "keys": ApiKey.objects.filter(user=request.user),
         "new_key": new_key,
         "name_error": name_error,
+        "password_error": password_error,
         "name": name,
         "name_max": NAME_MAX,
         "limits": api_usage.current_limits(),
@@ -44,11 +46,41 @@ def api_keys_page(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return _page(request)
     name = request.POST.get("name", "")
+    refused = _check_password(request)
+    if refused is not None:
+        return refused
     try:
         _row, key = api_keys.do_create_key(request.user, name, request=request)
     except ChatError as exc:
         return _page(request, name_error=exc.message, name=name, status=400)
     return _page(request, new_key=key)
+
+
+def _check_password(request: HttpRequest) -> HttpResponse | None:
+    """A new key is a new way in: the password again, checked as a sign-in is (django-axes counts a wrong
+    one towards the lockout, and a locked-out user cannot make keys either). None when it is right."""
+    name, password = request.POST.get("name", ""), request.POST.get("password", "")
+    if not password:  # not a guess: nothing to count
+        return _page(request, password_error=_("Enter your password to make a key."), name=name, status=400)
+    user = authenticate(request, username=request.user.get_username(), password=password)
+    if user is not None and user.pk == request.user.pk:
+        return None
+    if getattr(request, "axes_locked_out", False):
+        request.axes_locked_out = False  # answered here, not with axes' sign-in page
+        return _page(request, password_error=_("Too many wrong passwords. Try again later."), name=name,
+                     status=429)
+    return _page(request, password_error=_("That is not your password; no key was made."), name=name, status=400)
+
+
+@login_required
+@require_POST
+def revoke_all_api_keys(request: HttpRequest) -> HttpResponse:
+    """Revoke every live key of the user at once (offered after a password change)."""
+    live = list(ApiKey.objects.filter(user=request.user, revoked_at=None).values_list("id", flat=True))
+    for key_id in live:
+        api_keys.do_revoke_key(request.user, key_id, request=request)
+    flash.success(request, _("All your API keys were revoked; requests with them are refused from now on."))
+    return redirect("api_keys")
 
 
 @login_required

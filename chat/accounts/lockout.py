@@ -6,6 +6,7 @@ from typing import Any
 
 from axes.helpers import get_client_username, get_cool_off
 from axes.models import AccessAttempt
+from django.conf import settings
 from django.contrib.auth.forms import AuthenticationForm
 from django.db.models import Max
 from django.http import HttpRequest, HttpResponse
@@ -51,6 +52,7 @@ def lockout_response(request: HttpRequest, original_response: Any = None, creden
     form = AuthenticationForm(request, initial={"username": username})
     response = render(request, "registration/login.html", {
         "form": form, "lockout_message": message, "next": request.POST.get("next", ""),
+        "signup_mode": settings.SIGNUP_MODE,
     }, status=429)
     response["Retry-After"] = str(seconds)
     return response

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from chat.conversations import uploads
 from chat.conversations.models import Attachment
 from chat.core.errors import ChatError
 from chat.images.remote import FetchPolicy, RemoteImageRefused, fetch_image_bytes
-from chat.images.validation import ValidatedImage
+from chat.images.validation import ImageRejected, ValidatedImage, declared_size
 
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
                       re.IGNORECASE)
@@ -73,13 +74,13 @@ def parse_content(content: Any) -> ParsedContent:
             if not isinstance(url, str):
                 raise ChatError("invalid_content", _("Part %(index)d: image_url.url must be a string.")
                                 % {"index": index})
+            if len(images) == settings.ATTACHMENTS_PER_MESSAGE:  # refused before the one too many is read
+                raise ChatError("too_many_attachments", _("A message can carry at most %(limit)d images.")
+                                % {"limit": settings.ATTACHMENTS_PER_MESSAGE})
             images.append(_image_bytes(url))
         else:
             raise ChatError("invalid_content", _("Part %(index)d must be a text or an image_url part.")
                             % {"index": index})
-        if len(images) > settings.ATTACHMENTS_PER_MESSAGE:
-            raise ChatError("too_many_attachments", _("A message can carry at most %(limit)d images.")
-                            % {"limit": settings.ATTACHMENTS_PER_MESSAGE})
     return ParsedContent("\n".join(texts), images)
 
 
@@ -89,6 +90,17 @@ def _image_bytes(url: str) -> bytes:
     try:
         return fetch_image_bytes(url, fetch_policy())
     except RemoteImageRefused as exc:
+        raise ChatError(exc.code, exc.message) from None
+
+
+def declared_sizes(images: Sequence[bytes]) -> list[tuple[int, int]]:
+    """(width, height) as each image's header declares it, nothing decoded: what the per-request budget
+    (chat/conversations/image_budget.check_image_budget) counts before validate_images decodes anything.
+    An image validation would refuse by its header alone is refused here, with its ChatError (empty_file,
+    too_large, not_an_image, corrupt_image, too_many_pixels)."""
+    try:
+        return [declared_size(raw, uploads.limits()) for raw in images]
+    except ImageRejected as exc:
         raise ChatError(exc.code, exc.message) from None
 
 

@@ -7,6 +7,7 @@ DeepSeek do; fields we cannot honour (n > 1, tools, logprobs, JSON mode) are ref
 from __future__ import annotations
 
 import json
+import json.scanner
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from django.conf import settings
 
 from chat.api import image_parts
+from chat.conversations import image_budget
 from chat.core.api_errors import ApiError
 from chat.core.errors import ChatError
 from chat.core.served_models import get_model
@@ -25,6 +27,9 @@ MAX_MESSAGES = 2000
 MAX_STOP = 16  # DeepSeek's limit (OpenAI allows 4)
 MAX_STOP_CHARS = 200
 MAX_USER_CHARS = 256
+# Objects and lists a body may hold and still be parsed by json's C parser (a few ms of it at most): 2,000
+# messages of a few parts each are far below; bodies past it take the slower road that lets sockets run.
+FAST_PARSE_CONTAINERS = 50_000
 
 
 @dataclass
@@ -33,6 +38,8 @@ class ApiMessage:
     content: str
     images: list[ValidatedImage] = field(default_factory=list)  # set by read_images, not stored yet
     image_parts: Any = None  # the raw parts, read (and fetched) only once the request is admitted
+    image_count: int = 0  # image parts among them, counted without reading one
+    raw_images: list[bytes] = field(default_factory=list)  # their bytes, once read_image_headers read them
 
 
 @dataclass
@@ -47,11 +54,27 @@ class CompletionRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     user: str = ""
+    image_headers_read: bool = False  # read_image_headers has run (and the budget held)
+
+    def has_images(self) -> bool:
+        return any(m.image_count for m in self.messages)
+
+
+def _decode_json(raw: bytes) -> Any:
+    """json.loads, except for a body with more objects and lists than any real request has: json's C parser
+    holds the GIL for the whole parse, on a pool thread too (8 MB of `[]` kept every socket of the process
+    waiting 0.5 s), while its pure-Python scanner lets the event loop run between steps."""
+    if raw.count(b"{") + raw.count(b"[") <= FAST_PARSE_CONTAINERS:
+        return json.loads(raw)
+    decoder = json.JSONDecoder()
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    return decoder.decode(raw.decode(json.detect_encoding(raw)))
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
+    """The body as JSON: call it on a pool thread (chat/api/views.py), never on the event loop."""
     try:
-        body = json.loads(raw)
+        body = _decode_json(raw)
     except (ValueError, RecursionError):
         raise ApiError(400, "The request body is not valid JSON.", "invalid_json") from None
     if not isinstance(body, dict):
@@ -109,7 +132,8 @@ def _message(raw: Any, index: int) -> ApiMessage:
     elif isinstance(content, list) and role == "user":
         # Text now; image parts are decoded (or fetched) after the request is admitted.
         texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        message = ApiMessage(role, "\n".join(t for t in texts if isinstance(t, str)), image_parts=content)
+        message = ApiMessage(role, "\n".join(t for t in texts if isinstance(t, str)), image_parts=content,
+                             image_count=sum(isinstance(p, dict) and p.get("type") == "image_url" for p in content))
     elif isinstance(content, list):
         message = ApiMessage(role, _text_parts(content, f"{where}.content"))
     else:
@@ -219,17 +243,46 @@ def parse_request(body: dict[str, Any]) -> CompletionRequest:
     return request
 
 
-def read_images(request: CompletionRequest) -> None:
-    """Decode `data:` images (and fetch http(s) ones when the operator allows it) and validate them
-    as uploads are, in place; nothing is stored. A bad image answers its own 4xx here."""
+def read_image_headers(request: CompletionRequest) -> None:
+    """The cheap half of read_images, done before anything costly: each image part's bytes (a `data:` URL
+    decoded, an http(s) one fetched when the operator allows it), the size its header declares, then the
+    per-request budget (count and pixels). No pixel is decoded here: a request with thousands of images,
+    or with tiny images declaring huge sizes, is refused with its 400 at no cost."""
+    if request.image_headers_read:
+        return
+    sizes: list[tuple[int, int]] = []
+    unread = 0  # image parts past the budget's count: counted, never read
     for index, message in enumerate(request.messages):
         if message.image_parts is None:
             continue
+        if len(sizes) > settings.IMAGES_PER_REQUEST:
+            unread += message.image_count
+            continue
         try:
             parsed = image_parts.parse_content(message.image_parts)
-            content = _text(parsed.text, f"messages[{index}].content")
-            message.images = image_parts.validate_images(parsed.images)
+            message.content = _text(parsed.text, f"messages[{index}].content")
+            sizes += image_parts.declared_sizes(parsed.images)
         except ChatError as exc:
             raise ApiError.from_chat_error(exc, f"messages[{index}].content") from None
-        message.content = content
+        message.raw_images = parsed.images
         message.image_parts = None
+    try:
+        # The request is its own conversation: its images are all it holds. Unread ones count with no pixels.
+        image_budget.check_image_budget(sizes + [(0, 0)] * unread)
+    except ChatError as exc:
+        raise ApiError.from_chat_error(exc, "messages") from None
+    request.image_headers_read = True
+
+
+def read_images(request: CompletionRequest) -> None:
+    """Decode and validate the request's images as uploads are, in place (their headers and the budget first,
+    read_image_headers); nothing is stored. A bad image answers its own 4xx here."""
+    read_image_headers(request)
+    for index, message in enumerate(request.messages):
+        if not message.raw_images:
+            continue
+        try:
+            message.images = image_parts.validate_images(message.raw_images)
+        except ChatError as exc:
+            raise ApiError.from_chat_error(exc, f"messages[{index}].content") from None
+        message.raw_images = []

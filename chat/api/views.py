@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -30,12 +31,12 @@ from chat.api.completions import (
     worker_is_live,
 )
 from chat.api.openapi import openapi_document
-from chat.api.requests import CompletionRequest, parse_body, parse_request
+from chat.api.requests import CompletionRequest, parse_body, parse_request, read_image_headers
 from chat.api.stream import AnswerFollower, Finished, QueueTimeout, Text, Tick
 from chat.audit import record as audit
-from chat.conversations import actions
+from chat.conversations import actions, image_work
 from chat.conversations.models import Message
-from chat.core import log_context, outage, request_meta
+from chat.core import errors, log_context, outage, request_meta
 from chat.core.api_errors import ApiError
 from chat.core.db_threads import in_db_pool
 from chat.core.errors import ChatError
@@ -68,18 +69,50 @@ def authenticate(request: HttpRequest) -> tuple[Any, Any]:
     return found.user, found
 
 
-def _read_body(request: HttpRequest) -> bytes:
+def _too_large() -> ApiError:
     limit = settings.API_MAX_BODY_BYTES
+    return ApiError(413, f"The request body is larger than the {limit} bytes allowed.", "request_too_large")
+
+
+def _check_declared_size(request: HttpRequest) -> None:
+    """A body declared past API_MAX_BODY_BYTES is refused by its Content-Length, before anything else."""
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         declared = 0
-    if declared > limit:
-        raise ApiError(413, f"The request body is larger than the {limit} bytes allowed.", "request_too_large")
+    if declared > settings.API_MAX_BODY_BYTES:
+        raise _too_large()
+
+
+def _read_request(request: HttpRequest) -> CompletionRequest:
+    """The body read (one sent without a Content-Length is cut at the cap here; the web server has capped it at
+    SERVER_MAX_BODY_BYTES already), parsed and checked field by field, and its images' headers read against the
+    per-request budget; no image is decoded. Runs on a pool thread: a large body's parse would otherwise hold
+    every socket of the process."""
+    limit = settings.API_MAX_BODY_BYTES
     raw = request.read(limit + 1)  # not request.body: its own cap is for forms, far below an image's
     if len(raw) > limit:
-        raise ApiError(413, f"The request body is larger than the {limit} bytes allowed.", "request_too_large")
-    return raw
+        raise _too_large()
+    completion_request = parse_request(parse_body(raw))
+    read_image_headers(completion_request)
+    return completion_request
+
+
+def _check_images_and_prompt(user: Any, completion_request: CompletionRequest, conversation_id: Any,
+                             request: HttpRequest) -> None:
+    """check_completion, its image decoding inside one of the user's image-processing places (429 when all
+    are taken: chat/conversations/image_work.py)."""
+    try:
+        with image_work.processing(user.id) if completion_request.has_images() else nullcontext():
+            check_completion(user, completion_request, conversation_id, request)
+    except image_work.ImageWorkLimited as exc:
+        raise ApiError(429, exc.message, exc.code, retry_after=exc.retry_after) from None
+
+
+async def _keep_slot(slot: api_usage.Slot | None) -> None:
+    """Move the request's concurrency slot's expiry on while it still runs (every SLOT_REFRESH_SECONDS)."""
+    if slot is not None and slot.refresh_due():
+        await sync_to_async(slot.refresh, thread_sensitive=False)()
 
 
 def _admit(user_id: int) -> api_usage.Slot:
@@ -147,19 +180,18 @@ def _failure(finished: Finished) -> ApiError | None:
     return None
 
 
-def _server_error() -> ApiError:
-    return ApiError(500, "Something went wrong on the server; try again.", "server_error")
-
-
 def _unexpected(exc: Exception, doing: str, *args: Any) -> ApiError:
     """The error for an exception we did not expect: a database outage is a 503 to retry (one warning
-    line); anything else is our bug, a 500 logged with its traceback. Call it inside the `except`."""
+    line); anything else is our bug, a 500 with an error id (chat.core.errors), logged with its
+    traceback under that id. Call it inside the `except`."""
     found = outage.outage_error(exc)
     if found is not None:
         outage.log_outage(doing % args, found)
         return outage.api_error()
-    log.exception("%s failed", doing % args)
-    return _server_error()
+    error = errors.error_id()
+    log.exception("%s failed (error id %s)", doing % args, error, extra={"error_id": error})
+    return ApiError(500, errors.with_error_id("Something went wrong on the server; try again.", error),
+                    "server_error")
 
 
 def _queue_timeout() -> ApiError:
@@ -186,21 +218,27 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     # The audit events' id is the logs' and the task's (the same one RequestIdMiddleware set, when it ran).
     log_context.bind(request_id=request_meta.request_id(request))
     try:
+        # The cheap checks first: the declared size, the key, the limits; then the body, read and parsed off the
+        # event loop, with its images' headers and budget; then (for images) a worker; only then are images decoded.
+        _check_declared_size(request)
         user, key = await in_db_pool(authenticate)(request)
-        completion_request = parse_request(parse_body(_read_body(request)))
         slot = await in_db_pool(_admit)(user.id)
+        completion_request = await sync_to_async(_read_request, thread_sensitive=False)(request)
+        spec = completion_request.spec
+        live = await sync_to_async(worker_is_live, thread_sensitive=False)(spec)
+        if not live and settings.API_WORKER_WAIT_SECONDS <= 0 and completion_request.has_images():
+            raise no_worker(spec)  # its images are not decoded for nothing
         follower = AnswerFollower(uuid.uuid4())
         await follower.subscribe()
-        await in_db_pool(check_completion)(user, completion_request, follower.conversation_id, request)
-        spec = completion_request.spec
-        if not await sync_to_async(worker_is_live, thread_sensitive=False)(spec):
+        await in_db_pool(_check_images_and_prompt)(user, completion_request, follower.conversation_id, request)
+        if not live:
             # Workers starting, or one restarting: wait for one (bounded) rather than answer 503 at once.
             if settings.API_WORKER_WAIT_SECONDS <= 0:
                 raise no_worker(spec)
             if completion_request.stream:
                 return _event_stream(_stream_once_served(completion_request, follower, slot, user, key))
             async for _ in wait_for_worker(spec, settings.API_WORKER_WAIT_SECONDS, settings.API_KEEPALIVE_SECONDS):
-                pass
+                await _keep_slot(slot)
         answer = await _queue(completion_request, follower, user, key)
     except ApiError as exc:
         await _release(slot, follower)
@@ -219,8 +257,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 
 
 async def _queue(request: CompletionRequest, follower: AnswerFollower, user: Any, key: Any) -> Message:
-    """Save and queue the checked request; the follower follows its answer from now on."""
-    answer = await in_db_pool(do_queue_completion)(user, key, request, follower.conversation_id)
+    """Save and queue the checked request; the follower follows its answer from now on. Saving it holds its
+    most tokens against today's quota (a 402/429 when they do not fit, and nothing is saved)."""
+    try:
+        answer = await in_db_pool(do_queue_completion)(user, key, request, follower.conversation_id)
+    except api_usage.LimitExceeded as exc:
+        raise ApiError(exc.status, exc.message, exc.code, retry_after=exc.retry_after) from None
     follower.bind(answer.id)
     # The rest of this request's lines name the answer too.
     log_context.bind(conversation_id=answer.conversation_id, message_id=answer.id, model=request.spec.name)
@@ -261,6 +303,7 @@ async def _stream(completion: Completion, follower: AnswerFollower, slot: api_us
     try:
         yield _sse(completion.chunk({"role": "assistant", "content": ""}))
         async for event in _events(follower):
+            await _keep_slot(slot)
             if isinstance(event, Tick):
                 yield b": keep-alive\n\n"
             elif isinstance(event, Text):
@@ -297,6 +340,7 @@ async def _stream_once_served(request: CompletionRequest, follower: AnswerFollow
     try:
         async for _ in wait_for_worker(request.spec, settings.API_WORKER_WAIT_SECONDS,
                                        settings.API_KEEPALIVE_SECONDS):
+            await _keep_slot(slot)
             yield KEEPALIVE
         answer = await _queue(request, follower, user, key)
     except Exception as exc:
@@ -320,6 +364,7 @@ async def _whole(completion: Completion, follower: AnswerFollower, slot: api_usa
     finished = False
     try:
         async for event in _events(follower):
+            await _keep_slot(slot)
             if isinstance(event, QueueTimeout):
                 return _queue_timeout().response()  # and the pending answer is cancelled below
             if isinstance(event, Finished):

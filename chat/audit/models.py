@@ -18,11 +18,7 @@ class AuditImmutable(Exception):
 class ImmutableQuerySet(models.QuerySet):
     """A queryset that refuses updates and deletions; rows are added one by one and pruned only by retention."""
 
-    def update(self, **kwargs: Any) -> int:
-        # Deleting a user sets `actor` to NULL through this method (on_delete=SET_NULL); the actor
-        # is not part of an event's hash (its `actor_name` is), so that one update is allowed.
-        if set(kwargs) == {"actor"} and kwargs["actor"] is None and hasattr(self.model, "actor"):
-            return super().update(**kwargs)
+    def update(self, **kwargs: Any) -> NoReturn:
         raise AuditImmutable(f"{self.model.__name__} rows cannot be updated.")
 
     def delete(self) -> NoReturn:
@@ -58,7 +54,14 @@ class ImmutableModel(models.Model):
 
 
 class AuditEvent(ImmutableModel):
-    """One audited action. `hash` covers every field but `id`, `actor` and `hash` (chat.audit.chain.canonical)."""
+    """One audited action. `hash` is an HMAC (AUDIT_CHAIN_KEY) over every other field, `prev_hash`
+    included (chat.audit.chain.canonical); rows chained before the key have chain_scheme 1."""
+
+    class Scheme(models.IntegerChoices):
+        # Plain SHA-256 over the fields but id and actor: how rows were chained before the chain was
+        # keyed (the migration that added this field marked every existing row so).
+        UNKEYED = 1, _("SHA-256, unkeyed (before the key)")
+        KEYED = 2, _("HMAC-SHA256 with AUDIT_CHAIN_KEY")
 
     class Action(models.TextChoices):
         MODEL_CALL = "model_call", _("Model call")
@@ -77,12 +80,16 @@ class AuditEvent(ImmutableModel):
         MODERATION_BLOCK = "moderation_block", _("Moderation block")
         ADMIN_CHANGE = "admin_change", _("Admin change")
         HTTP_REQUEST = "http_request", _("HTTP request")
+        # A client without an account passed AUDIT_ANONYMOUS_EVENTS_PER_MINUTE: its next events that
+        # minute are not recorded (chat.audit.record).
+        AUDIT_SUPPRESSED = "audit_suppressed", _("Audit events suppressed")
 
     id = models.BigAutoField(primary_key=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    # The user may be deleted later: the name at the time keeps the event meaningful (and hashed).
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                              related_name="+")
+    # The user may be deleted later: the id stays (it is hashed), pointing at no one, and the name at
+    # the time keeps the event meaningful. No database constraint, so the id can outlive the user.
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING,
+                              db_constraint=False, related_name="+")
     actor_name = models.CharField(max_length=150, blank=True)
     action = models.CharField(max_length=64, choices=Action.choices, db_index=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
@@ -101,6 +108,8 @@ class AuditEvent(ImmutableModel):
     verdict = models.CharField(max_length=32, blank=True)
     detail = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
+    # Default 1 for the rows that were there before; chat.audit.record writes every new row keyed.
+    chain_scheme = models.PositiveSmallIntegerField(choices=Scheme.choices, default=Scheme.UNKEYED)
     hash = models.CharField(max_length=64, unique=True)
 
     class Meta:

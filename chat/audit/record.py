@@ -9,13 +9,16 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import redis
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.utils import timezone
 
-from chat.audit.chain import chain_head, event_hash, lock_chain
+from chat.audit.chain import chain_head, event_hash, lock_chain, next_event_id
 from chat.audit.models import AuditEvent
+from chat.core import rate_windows
 from chat.core.metrics import audit_write_failed
 from chat.core.request_meta import client_ip, meta, request_id
 
@@ -124,6 +127,37 @@ def _actor_of(actor: Any, request: Any) -> Any:
     return actor
 
 
+# ---- a flood of anonymous events ----------------------------------------------------------------
+ANONYMOUS_WINDOW_SECONDS = 60
+
+
+def _anonymous_allowance(event: AuditEvent) -> str:
+    """"record", "mark" (the first event past the limit: one audit_suppressed row in its place) or
+    "skip", for an event with no signed-in actor from a client's address (a rejected key, a failed
+    login, an anonymous page hit). Each costs a database write under the chain's lock, so a client
+    without an account gets AUDIT_ANONYMOUS_EVENTS_PER_MINUTE of them per address; an account's own
+    events are never limited. When Redis cannot count, the event is recorded."""
+    limit = int(getattr(settings, "AUDIT_ANONYMOUS_EVENTS_PER_MINUTE", 0) or 0)
+    if limit <= 0 or event.actor_id is not None or not event.ip:
+        return "record"
+    key = f"deepseek:audit:anonymous:{event.ip}"
+    try:
+        if rate_windows.hit(key, limit, ANONYMOUS_WINDOW_SECONDS) is None:
+            return "record"
+        first_past = rate_windows.hit(f"{key}:mark", 1, ANONYMOUS_WINDOW_SECONDS) is None
+    except redis.RedisError:
+        return "record"
+    return "mark" if first_past else "skip"
+
+
+def _suppressed_mark(event: AuditEvent, limit: int) -> AuditEvent:
+    event.detail = {"action": event.action, "limit": limit, "window_seconds": ANONYMOUS_WINDOW_SECONDS}
+    event.action = AuditEvent.Action.AUDIT_SUPPRESSED
+    event.input_sha256 = event.output_sha256 = event.verdict = ""
+    event.status = event.latency_ms = None
+    return event
+
+
 # ---- writing ------------------------------------------------------------------------------------
 def _build(action: str, *, actor: Any, request: Any, conversation_id: Any, message_id: Any, model: str,
            input_text: str | None, output_text: str | None, prompt_tokens: int | None,
@@ -171,17 +205,30 @@ def record(action: str, *, actor: Any = None, request: Any = None, conversation_
     rolls back is rolled back with it: to keep the trace of a failed request, call this after (outside)
     the transaction that may fail. Inside a transaction, PostgreSQL holds the chain's lock until that
     transaction ends, so keep such transactions short. Synchronous (it queries the database): from
-    async code use `arecord`."""
+    async code use `arecord`.
+
+    Events without a signed-in actor are limited per client address (AUDIT_ANONYMOUS_EVENTS_PER_MINUTE):
+    past it, one audit_suppressed event says so, and the rest of that minute's return None unwritten."""
     try:
         event = _build(action, actor=actor, request=request, conversation_id=conversation_id,
                        message_id=message_id, model=model, input_text=input_text, output_text=output_text,
                        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, latency_ms=latency_ms,
                        status=status, verdict=verdict, detail=detail)
+        allowance = _anonymous_allowance(event)
+        if allowance == "skip":
+            return None
+        if allowance == "mark":
+            log.warning("Audit events without an account from %s passed %d a minute; the rest of this minute's "
+                        "are not recorded", event.ip, settings.AUDIT_ANONYMOUS_EVENTS_PER_MINUTE)
+            _suppressed_mark(event, settings.AUDIT_ANONYMOUS_EVENTS_PER_MINUTE)
         with transaction.atomic():
             lock_chain()
-            event.prev_hash = chain_head()
+            last_id, event.prev_hash = chain_head()
+            # The id is hashed, so it is given here rather than by the insert; the lock makes it the next.
+            event.id = next_event_id(last_id)
             # Stamped under the lock, so the chain's order is also the order of the timestamps.
             event.created_at = timezone.now()
+            event.chain_scheme = AuditEvent.Scheme.KEYED
             event.hash = event_hash(event)
             event.save()
     except Exception as exc:

@@ -19,7 +19,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
 
 from chat.audit import record as audit
-from chat.conversations import lifecycle, liveness, message_limits, threads, uploads
+from chat.conversations import image_budget, lifecycle, liveness, message_limits, threads, token_quota, uploads
 from chat.conversations.models import Conversation, Message
 from chat.core import log_context
 from chat.core.errors import ChatError
@@ -118,9 +118,28 @@ def check_content(content: Any) -> str:
 
 def check_moderated(user: AbstractBaseUser | None, text: str, *, request: Any = None, conversation_id: Any = None,
                     model: str = "", field: str = "prompt") -> None:
-    """The moderation pipeline on text bound for a model, before anything is saved or queued. A block
-    is recorded for staff (stage, rule, category: never the text, only its hash) and the user gets
-    only the notice."""
+    """The one input check: the moderation pipeline on text bound for a model, before anything is saved or
+    queued. A block is recorded for staff (a `moderation_block` audit event: direction, field, stage,
+    rule, category; never the text, only its hash) and the user gets only the notice.
+
+    Every road that puts text in front of a model passes here first (tests/app/test_moderation_roads.py
+    sends a blocked text down each one):
+    - socket `send`: ChatConsumer._cmd_send → do_send_message checks the new message;
+    - socket `send` with `edit_of` (an edit): do_send_message checks the new text, then
+      check_branch_moderated the system prompt and the branch above the edited message;
+    - socket `regenerate`: ChatConsumer._cmd_regenerate → do_regenerate → check_branch_moderated;
+    - `POST /v1/chat/completions`: chat.api.completions.check_moderation checks every message of the
+      request, whatever its role;
+    - `/beta/chat/completions`, `/beta/completions`: not served (deepseek_web/urls.py has no /beta route);
+      one added later must call this for its prefix, prompt and suffix;
+    - `POST /c/<id>/settings/` (the system prompt): views.update_settings declares @moderated("system_prompt"),
+      which ModerationMiddleware checks before the view saves;
+    - `POST /c/import/`: exports.do_import checks the file's system prompt and every message before
+      writing any row.
+    The worker (chat.worker.replies.claim) builds each prompt only from the conversation's system prompt
+    and its branch's rows, which entered by these roads (or are the model's own answers, checked by the
+    output rules as they streamed: ReplyWriter); it does not check them again. Staff editing rows in the
+    admin are trusted and not a road."""
     verdict = moderation.current_moderator().check_input(text)
     if verdict.allowed:
         return
@@ -129,6 +148,34 @@ def check_moderated(user: AbstractBaseUser | None, text: str, *, request: Any = 
                  input_text=text, verdict="blocked", detail={"direction": "input", "field": field,
                                                              **verdict.as_detail()})
     raise ChatError("content_filter", str(moderation.NOTICE))
+
+
+def check_branch_moderated(user: AbstractBaseUser, conversation: Conversation, parent_id: Any,
+                           request: Any = None) -> None:
+    """check_moderated on what a regeneration or an edit sends the model again besides any new text: the
+    system prompt and every message of the branch ending at `parent_id`, whatever its role (as /v1 checks
+    every message it is sent). An imported conversation, or one written before a rule was added, may hold
+    text no rule saw; the error says which part to change."""
+    if conversation.system_prompt:
+        try:
+            check_moderated(user, conversation.system_prompt, request=request, conversation_id=conversation.id,
+                            model=conversation.model, field="system_prompt")
+        except ChatError:
+            raise ChatError("content_filter", _("The conversation's system prompt was refused by the content "
+                                                "filter; change it in Settings.")) from None
+    # Not conversation.messages: each row it yields would read its deferred conversation_id (a query each).
+    nodes = Message.objects.filter(conversation_id=conversation.id).only("id", "parent", "position")
+    path = [node.id for node in threads.path_to(parent_id, nodes)]
+    contents = dict(Message.objects.filter(id__in=path).values_list("id", "content"))
+    for number, message_id in enumerate(path, 1):
+        if not contents[message_id]:
+            continue
+        try:
+            check_moderated(user, contents[message_id], request=request, conversation_id=conversation.id,
+                            model=conversation.model, field=f"branch[{number}].content")
+        except ChatError:
+            raise ChatError("content_filter", _("Message %(number)d of this conversation was refused by the "
+                                                "content filter.") % {"number": number}) from None
 
 
 class PromptTooLong(ChatError):
@@ -211,7 +258,7 @@ def do_queue_answer(
                 if conversation.messages.filter(status__in=Message.ACTIVE).exists():
                     raise ChatError("busy", _(BUSY))
                 last = conversation.messages.aggregate(last=Max("position"))["last"] or 0
-            user_message = None
+            user_message, parent_of_turns = None, parent
             for turn in turns:
                 last += 1
                 user_message = parent = Message.objects.create(
@@ -224,6 +271,7 @@ def do_queue_answer(
                 conversation=conversation, position=last + 1, parent=parent, role=Message.Role.ASSISTANT,
                 status=Message.Status.PENDING, created_at=now, updated_at=now,
             )
+            token_quota.hold(conversation, spec, parent_of_turns, turns, answer)  # or roll it all back
             first_question = next((t.content for t in turns if t.role == Message.Role.USER), "")
             title = conversation.title or _title_from(first_question)
             Conversation.objects.filter(id=conversation.id).update(title=title, current_leaf=answer)
@@ -261,6 +309,8 @@ def do_send_message(
     if images and not spec.vision:
         raise ChatError("vision_unsupported", _("%(model)s cannot see images. Pick a model that can in Settings, "
                                                 "or send the message without them.") % {"model": spec.name})
+    if images:
+        image_budget.check_image_budget(image_budget.attachment_sizes(images), conversation)
     if edit_of is not None:
         edited = get_message(user, edit_of)
         if edited.conversation_id != conversation.id or edited.role != Message.Role.USER:
@@ -269,6 +319,8 @@ def do_send_message(
     else:
         parent = _branch_leaf(conversation)
     message_limits.check_and_count(user)
+    if edit_of is not None:  # after the limits: a branch may be long (an import holds up to 5 MB)
+        check_branch_moderated(user, conversation, edited.parent_id, request)
     return do_queue_answer(conversation, spec, parent, [Turn(content, client_id=client_id, images=images)], announce)
 
 
@@ -285,6 +337,7 @@ def do_regenerate(
         raise ChatError("busy", _(BUSY), message_id=answer.id)
     spec = _model_of(conversation)
     message_limits.check_and_count(user)
+    check_branch_moderated(user, conversation, answer.parent_id)  # after the limits: a branch may be long
     return do_queue_answer(conversation, spec, answer.parent, announce=announce)
 
 

@@ -11,7 +11,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
 from chat.audit import record as audit
-from chat.conversations import uploads
+from chat.conversations import image_work, uploads
 from chat.core.errors import ChatError
 from chat.core.view_declarations import audited, body_limit
 
@@ -45,13 +45,26 @@ def upload(request: HttpRequest) -> HttpResponse:
     forged request still gets its 403. An anonymous one gets the sign-in redirect before any parsing.
     With the body refused, POST reads empty and the token comes from the X-CSRFToken header, as the
     page sends it."""
+    # The per-user limits come before the body is parsed or an image decoded (chat/conversations/image_work.py).
     try:
-        request.FILES  # noqa: B018 - parses the body (POST and FILES), as the middleware would
-    except UNPARSEABLE_BODY as exc:
-        # POST and FILES read empty from now on, instead of raising again (Django's handler does the same).
-        request._mark_post_parse_error()
-        return _upload(request, refused=exc)
-    return _upload(request, refused=None)
+        image_work.check_upload_rate(request.user.pk)
+        with image_work.processing(request.user.pk):
+            try:
+                request.FILES  # noqa: B018 - parses the body (POST and FILES), as the middleware would
+            except UNPARSEABLE_BODY as exc:
+                # POST and FILES read empty from now on, instead of raising again (Django's handler does the same).
+                request._mark_post_parse_error()
+                return _upload(request, refused=exc)
+            return _upload(request, refused=None)
+    except image_work.ImageWorkLimited as exc:
+        return _limited(request, exc)
+
+
+def _limited(request: HttpRequest, limited: image_work.ImageWorkLimited) -> JsonResponse:
+    """An upload over a per-user limit, refused unread (the audit middleware records the request)."""
+    response = JsonResponse({"error": {"code": limited.code, "message": limited.message}}, status=429)
+    response["Retry-After"] = str(limited.retry_after)
+    return response
 
 
 @csrf_protect

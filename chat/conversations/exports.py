@@ -2,23 +2,30 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
+from django.utils.translation import gettext as _
 
 from chat.conversations import threads
-from chat.conversations.actions import ChatError, branch_messages, check_title
+from chat.conversations.actions import ChatError, branch_messages, check_moderated, check_title
 from chat.conversations.models import Conversation, Message
+from chat.core import rate_windows
 from chat.core.served_models import all_models, default_model
+
+log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "deepseek-web.conversation"
 EXPORT_VERSION = 1
+IMPORT_RATE_WINDOW_SECONDS = 3600
 IMPORT_MAX_BYTES = 5 * 1024 * 1024
 IMPORT_MAX_MESSAGES = 5000
 IMPORTED_TITLE = "Imported chat"
@@ -165,6 +172,44 @@ def _check_message(i: int, item: Any, known: Container[str], linear: bool) -> tu
     return own_id, parent_id, fields
 
 
+def check_import_rate(user: AbstractBaseUser) -> None:
+    """Before an upload is even parsed: ChatError once the user has tried IMPORTS_PER_USER_PER_HOUR imports
+    this hour (0 = no limit). Every try counts, refused and failed ones too: reading, parsing, checking
+    and moderating a file of up to IMPORT_MAX_BYTES is the cost this bounds."""
+    per_hour = settings.IMPORTS_PER_USER_PER_HOUR
+    if not per_hour:
+        return
+    try:
+        wait = rate_windows.hit(f"deepseek:chat:imports:{user.pk}:{IMPORT_RATE_WINDOW_SECONDS}", per_hour,
+                                IMPORT_RATE_WINDOW_SECONDS)
+    except redis.RedisError:  # as for chat messages: the limit is skipped, not the import refused
+        log.warning("import limit skipped: Redis unavailable")
+        return
+    if wait is not None:
+        raise ChatError("rate_limited", _("You can import at most %(limit)d conversations an hour. Try again in "
+                                          "%(minutes)d min.") % {"limit": per_hour, "minutes": -(-wait // 60)})
+
+
+def _moderate(user: AbstractBaseUser, model: str, system_prompt: str, rows: Sequence[Message]) -> None:
+    """The one input check (actions.check_moderated) on every text of the file that a model would read
+    once the conversation goes on: its system prompt and each message's content, whatever the role (an
+    "assistant" message of a file is the uploader's text too). Reasoning is shown, never sent to a model.
+    The first refusal stops the import, saying where; nothing is written but its audit event."""
+    if system_prompt:
+        try:
+            check_moderated(user, system_prompt, model=model, field="import.system_prompt")
+        except ChatError:
+            raise ChatError("content_filter", _("The system prompt was refused by the content filter.")) from None
+    for number, row in enumerate(rows, 1):
+        if not row.content:
+            continue
+        try:
+            check_moderated(user, row.content, model=model, field=f"import.messages[{number}].content")
+        except ChatError:
+            raise ChatError("content_filter", _("Message %(number)d was refused by the content filter.")
+                            % {"number": number}) from None
+
+
 def _parse(raw: bytes) -> dict[str, Any]:
     if len(raw) > IMPORT_MAX_BYTES:
         raise _fail(f"The file is {len(raw)} bytes; the limit is {IMPORT_MAX_BYTES} bytes.")
@@ -220,6 +265,7 @@ def do_import(user: AbstractBaseUser, raw: bytes) -> Conversation:
     leaf = new_ids.get(data["current_leaf"]) if isinstance(data.get("current_leaf"), str) else None
     # An inner message named as the leaf shows its newest branch, as picking that version would.
     leaf = threads.newest_leaf_under(leaf, rows) if leaf else threads.default_leaf(rows)
+    _moderate(user, spec.name, options["system_prompt"], rows)  # last: the costliest check
     with transaction.atomic():
         conversation = Conversation.objects.create(user=user, title=title, model=spec.name, created_at=now,
                                                    updated_at=now, current_leaf=None, **options)

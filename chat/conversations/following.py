@@ -83,7 +83,7 @@ class Follower:
         self._layer: Any = None
         self._channel: str | None = None
         self._receiver: asyncio.Future | None = None
-        self._watching: asyncio.Task | None = None
+        self._hub: liveness.SocketHub | None = None
 
     # ---- the conversation's frames (and keeping it watched, so the worker goes on writing) ---------------
     async def subscribe(self, channel: str | None = None) -> None:
@@ -94,7 +94,8 @@ class Follower:
         channel = channel or await self._layer.new_channel("follow.")
         await self._layer.group_add(group_name(self.conversation_id), channel)
         self._channel = channel
-        self._watching = asyncio.create_task(liveness.keep_watching(self.conversation_id))
+        self._hub = liveness.socket_hub().hold()
+        await self._hub.watch(self.conversation_id)
 
     async def next_frame(self, timeout: float) -> dict[str, Any] | None:
         """(A follower with a channel of its own.) The next frame, or None after `timeout` seconds without."""
@@ -108,8 +109,10 @@ class Follower:
         return event.get("frame") if isinstance(event, dict) else None
 
     async def close(self) -> None:
-        if self._watching is not None:
-            self._watching.cancel()
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            hub.unwatch(self.conversation_id)
+            hub.release()
         if self._receiver is not None:
             self._receiver.cancel()  # the layer unsubscribes a channel whose receive is cancelled
         channel, self._channel = self._channel, None

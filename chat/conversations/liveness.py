@@ -2,8 +2,8 @@
 
 - Stop: the web tier publishes the message id; the worker writing it sees it at the next
   token (the database flag stays the source of truth, checked at every save).
-- Watching: each open socket keeps a short-lived key per conversation alive; a worker whose
-  conversation nobody has watched for ABANDONED_AFTER_SECONDS cancels the answer.
+- Watching: each open socket keeps a short-lived key per conversation alive (through its event loop's
+  SocketHub); a worker whose conversation nobody has watched for ABANDONED_AFTER_SECONDS cancels the answer.
 - Writing: each worker process keeps a short-lived key per answer it is writing alive; an answer
   left `streaming` without one (its worker was killed) is failed by the sweep (chat/worker/replies.py).
   (Queued answers have a key of their own: chat/conversations/lifecycle.py.)
@@ -14,8 +14,10 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 
 import redis
+import redis.asyncio as aredis
 from django.conf import settings
 from django.db import close_old_connections
 
@@ -88,27 +90,137 @@ cancel_watch = CancelWatch()
 
 
 # ---- watching ----------------------------------------------------------------------------------
-async def keep_watching(conversation_id: object) -> None:
-    """Run while a socket is open: refresh the conversation's watched key."""
-    import redis.asyncio as aredis
+# The sockets of one event loop (daphne runs one per process) share one asyncio Redis client, whose pool opens
+# at most this many connections (commands wait for a free one), and one task that refreshes the watched keys
+# of their conversations and their sockets' leases (chat/conversations/socket_slots.py) in one round trip.
+# (Each socket once had a client and a refreshing task of its own: 200 sockets, 200 Redis connections.)
+HUB_CONNECTIONS = 8
+HUB_CLIENT_NAME = "deepseek-sockets"  # how its connections show in Redis' CLIENT LIST
 
-    ttl = settings.ABANDONED_AFTER_SECONDS
-    client = aredis.Redis.from_url(settings.REDIS_URL)
-    try:
-        while True:
+
+class SocketHub:
+    """What the open sockets (and API streams) of one event loop share: `client`, and the keys kept alive for
+    them. It lives while anyone holds it (`hold`/`release`); then its task ends and its connections close."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        pool = aredis.BlockingConnectionPool.from_url(url, max_connections=HUB_CONNECTIONS, timeout=5,
+                                                      socket_timeout=5, socket_connect_timeout=2,
+                                                      client_name=HUB_CLIENT_NAME)
+        self.client = aredis.Redis(connection_pool=pool)
+        self.holders = 0
+        self.watched: dict[str, int] = {}  # conversation id -> how many watch it here
+        self.leases: dict[str, set[str]] = {}  # sorted-set key -> members kept alive here
+        self._beating: asyncio.Task | None = None
+
+    def hold(self) -> SocketHub:
+        self.holders += 1
+        if self._beating is None:
+            self._beating = asyncio.create_task(self._beat())
+        return self
+
+    def release(self) -> None:
+        self.holders -= 1
+        if self.holders > 0:
+            return
+        loop = asyncio.get_running_loop()
+        if _hubs.get(loop) is self:
+            del _hubs[loop]
+        if self._beating is not None:
+            self._beating.cancel()  # it closes the client
+
+    # ---- watched conversations ----------------------------------------------------------------------
+    async def watch(self, conversation_id: object) -> None:
+        """Watch the conversation from now on (its key is set at once, then refreshed) until `unwatch`."""
+        key = str(conversation_id)
+        self.watched[key] = self.watched.get(key, 0) + 1
+        if self.watched[key] == 1:
             try:
-                await client.set(_watch_key(conversation_id), "1", px=int(ttl * 1000))
+                await self.client.set(_watch_key(key), "1", px=_watch_ttl_ms())
             except redis.RedisError:
-                log.warning("could not refresh the watch of %s", conversation_id)
-            # redis-py 8.1 sometimes swallows a cancellation that lands inside set() (59 of 300 tries
-            # cancelled within its first 2 ms): this task would live on, and the loop that closes it (a
-            # test's, async_to_sync's for an API request) would wait for it forever. The request to
-            # cancel is still counted; honour it here.
-            if asyncio.current_task().cancelling():
-                raise asyncio.CancelledError
-            await asyncio.sleep(max(0.05, ttl / 3))
+                log.warning("could not set the watch of %s", key)
+
+    def unwatch(self, conversation_id: object) -> None:
+        """Stop refreshing the key (another process's socket may still keep it; else it expires)."""
+        key = str(conversation_id)
+        left = self.watched.get(key, 0) - 1
+        if left > 0:
+            self.watched[key] = left
+        else:
+            self.watched.pop(key, None)
+
+    # ---- leases (members of sorted sets scored by when they expire) -------------------------------------
+    def keep(self, key: str, member: str) -> None:
+        self.leases.setdefault(key, set()).add(member)
+
+    def drop(self, key: str, member: str) -> None:
+        members = self.leases.get(key)
+        if members is not None:
+            members.discard(member)
+            if not members:
+                del self.leases[key]
+
+    # ---- the one refreshing task ------------------------------------------------------------------------
+    async def _beat(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(max(0.05, min(settings.ABANDONED_AFTER_SECONDS, LEASE_SECONDS) / 3))
+                await self._refresh()
+                # redis-py 8.1 sometimes swallows a cancellation that lands inside a command (59 of 300 tries
+                # cancelled within its first 2 ms): this task would live on, and the loop that closes it (a
+                # test's, async_to_sync's) would wait for it forever. The request to cancel is still counted.
+                if asyncio.current_task().cancelling():
+                    raise asyncio.CancelledError
+        finally:
+            await self.client.aclose()
+
+    async def _refresh(self) -> None:
+        if not self.watched and not self.leases:
+            return
+        ttl_ms = _watch_ttl_ms()
+        expires = time.time() + LEASE_SECONDS
+        pipe = self.client.pipeline(transaction=False)
+        for conversation_id in self.watched:
+            pipe.set(_watch_key(conversation_id), "1", px=ttl_ms)
+        for key, members in self.leases.items():
+            pipe.zadd(key, dict.fromkeys(members, expires))
+            pipe.expire(key, int(LEASE_SECONDS) + 1)
+        try:
+            await pipe.execute()
+        except redis.RedisError:
+            log.warning("could not refresh the watches and socket leases")
+
+
+# A socket's lease (socket_slots.py) lasts this long without a refresh: a process that died leaves its
+# sockets counted no longer than this.
+LEASE_SECONDS = 60.0
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SocketHub] = weakref.WeakKeyDictionary()
+
+
+def _watch_ttl_ms() -> int:
+    return int(settings.ABANDONED_AFTER_SECONDS * 1000)
+
+
+def socket_hub() -> SocketHub:
+    """The running event loop's hub (a new one when none, or when settings.REDIS_URL changed); `hold` it."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None or hub.url != settings.REDIS_URL:
+        hub = _hubs[loop] = SocketHub(settings.REDIS_URL)
+    return hub
+
+
+async def keep_watching(conversation_id: object) -> None:
+    """Watch the conversation until cancelled (for code with no hub of its own to hold: tests, scripts)."""
+    hub = socket_hub().hold()
+    try:
+        await hub.watch(conversation_id)
+        if asyncio.current_task().cancelling():  # see SocketHub._beat
+            raise asyncio.CancelledError
+        await asyncio.Event().wait()
     finally:
-        await client.aclose()
+        hub.unwatch(conversation_id)
+        hub.release()
 
 
 def is_watched(conversation_id: object) -> bool:

@@ -1,15 +1,20 @@
 """Turns chat messages (Markdown with code and TeX) into sanitized HTML that is safe to put on the page."""
 from __future__ import annotations
 
+import hashlib
 import html
 import logging
 import re
+import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
-from functools import lru_cache
 from urllib.parse import unquote
 from xml.etree.ElementTree import Element
 
 import nh3
+from django.conf import settings
+from django.utils.translation import gettext as _
 from latex2mathml.converter import convert_to_element
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import unescapeAll
@@ -92,9 +97,75 @@ _LANGUAGE_RE = re.compile(r"[A-Za-z0-9_+#.\-]{1,40}")
 _FORMATTER = HtmlFormatter(nowrap=True)
 
 
-@lru_cache(maxsize=2048)  # pages re-render the same finished messages
+class RenderCache:
+    """Rendered HTML by the text's digest, least recently used first out, bounded in bytes (not entries): a
+    cache counted in entries let a few thousand huge answers pin gigabytes. Shared by a process's threads."""
+
+    ENTRY_OVERHEAD = 200  # the digest key, the dict slot and the list link, roughly
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[bytes, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    @classmethod
+    def cost(cls, value: str) -> int:
+        return sys.getsizeof(value) + cls.ENTRY_OVERHEAD
+
+    def get(self, key: bytes) -> str | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: bytes, value: str) -> None:
+        cost = self.cost(value)
+        if cost > self.max_bytes:
+            return  # would evict everything else for one entry
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.bytes -= self.cost(old)
+            self._entries[key] = value
+            self.bytes += cost
+            while self.bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self.bytes -= self.cost(evicted)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# Pages re-render the same finished messages; RENDER_CACHE_BYTES bounds what that keeps per process.
+RENDER_CACHE = RenderCache(settings.RENDER_CACHE_BYTES)
+
+
 def render_markdown(text: str) -> str:
-    """Render a chat message's Markdown as sanitized HTML; never raises."""
+    """Render a chat message's Markdown as sanitized HTML; never raises. Past RENDER_MAX_CHARS of text, or
+    RENDER_MAX_HTML_CHARS of HTML, it is escaped plain text with a notice: Markdown and Pygments cost time and
+    bytes in proportion to the text (code ~10-25× as HTML), and an imported answer may hold 200,000 characters."""
+    if len(text) > settings.RENDER_MAX_CHARS:
+        return _too_long_to_format(text)  # cheap, and not cached: the notice is in the reader's language
+    key = RENDER_CACHE.key(text)
+    rendered = RENDER_CACHE.get(key)
+    if rendered is None:
+        rendered = _render(text)
+        if len(rendered) > settings.RENDER_MAX_HTML_CHARS:
+            rendered = _TOO_LONG  # remembered as such, so the next view skips the work
+        RENDER_CACHE.put(key, rendered)
+    return _too_long_to_format(text) if rendered == _TOO_LONG else rendered
+
+
+_TOO_LONG = "\x00"  # the cache's mark for "too long to format" (sanitized HTML never holds a NUL)
+
+
+def _render(text: str) -> str:
     text = _valid_unicode(text)
     try:
         return _CLEANER.clean(_MD.render(text))
@@ -102,6 +173,12 @@ def render_markdown(text: str) -> str:
         # A message must always show; a parser bug degrades it to plain text instead of a broken page.
         log.exception("Markdown rendering failed; showing the message as plain text")
         return f"<p>{render_plain(text)}</p>"
+
+
+def _too_long_to_format(text: str) -> str:
+    notice = html.escape(_("This message is too long to format; it is shown as plain text."))
+    plain = html.escape(_valid_unicode(text), quote=False)
+    return f'<p class="render-notice">{notice}</p><div class="plain-text">{plain}</div>'
 
 
 def render_plain(text: str) -> str:

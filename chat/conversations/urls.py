@@ -12,6 +12,7 @@ urlpatterns = [
     path("attachments/<uuid:attachment_id>/thumbnail/", attachment_views.attachment_thumbnail,
          name="attachment_thumbnail"),
     path("c/<uuid:conversation_id>/", views.conversation, name="conversation"),
+    path("c/<uuid:conversation_id>/messages/", views.branch_messages, name="branch_messages"),
     path("c/<uuid:conversation_id>/rename/", views.rename, name="rename_conversation"),
     path("c/<uuid:conversation_id>/delete/", views.delete, name="delete_conversation"),
     path("c/<uuid:conversation_id>/settings/", views.update_settings, name="conversation_settings"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import uuid
 
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
@@ -13,10 +14,9 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
 from chat.audit import record as audit
-from chat.conversations import actions, exports, threads
+from chat.conversations import actions, exports, windows
 from chat.conversations.actions import ChatError
 from chat.conversations.forms import ConversationSettingsForm
-from chat.conversations.frames import message_frame
 from chat.conversations.models import Conversation
 from chat.core.served_models import all_models, default_model
 from chat.core.ui_strings import ui_strings
@@ -42,8 +42,6 @@ def _page(request: HttpRequest, conversation=None, *, settings_form=None, status
     spec = all_models().get(conversation.model) if conversation else default_model()
     query = request.GET.get("q", "").strip()
     listed = actions.search_conversations(request.user, query) if query else actions.conversations_for(request.user)
-    everything = list(conversation.messages.prefetch_related("attachments")) if conversation else []
-    leaf = (conversation.current_leaf_id or threads.default_leaf(everything)) if conversation else None
     context = {
         "sidebar_groups": _sidebar_groups(listed[:SIDEBAR_LIMIT]),
         "query": query,
@@ -52,11 +50,12 @@ def _page(request: HttpRequest, conversation=None, *, settings_form=None, status
         "models": list(all_models().values()),  # only configured models are offered
         "settings_form": settings_form or (ConversationSettingsForm(instance=conversation) if conversation else None),
         "import_error": import_error,
-        # The whole tree (every version), so switching versions needs no round trip.
+        # Every version's place in the tree, but the text of the branch on show's newest messages only.
         "initial_state": {
-            "messages": [message_frame(m)["message"] for m in everything],
-            "current_leaf": str(leaf) if leaf else None,
+            **(windows.page_state(conversation) if conversation else {"messages": [], "current_leaf": None}),
             "reasoning": bool(spec and spec.reasoning),
+            "strings": {"load_earlier": _("Show earlier messages"), "loading": _("Loading…"),
+                        "load_failed": _("The messages could not be loaded.")},
         },
         "ui_strings": ui_strings(),
     }
@@ -93,6 +92,23 @@ def new_conversation(request: HttpRequest) -> HttpResponse:
 @require_GET
 def conversation(request: HttpRequest, conversation_id) -> HttpResponse:
     return _page(request, _owned(request, conversation_id))
+
+
+@audited
+@login_required
+@require_GET
+def branch_messages(request: HttpRequest, conversation_id) -> HttpResponse:
+    """The newest messages of the branch ending at ?until=<message id>, rendered, oldest first (the page
+    asks for them on "Show earlier messages" and when another version is picked): a window like the page's."""
+    found = _owned(request, conversation_id)
+    try:
+        until = uuid.UUID(request.GET.get("until", ""))
+    except ValueError:
+        raise Http404("No such message.") from None
+    nodes = windows.tree(found)
+    if not any(node.id == until for node in nodes):
+        raise Http404("No such message.")
+    return JsonResponse({"messages": windows.branch_window(found, until, nodes)})
 
 
 @audited
@@ -166,8 +182,9 @@ def refuse_oversized_import(request: HttpRequest, declared: int) -> HttpResponse
 @login_required
 @require_POST
 def import_conversation(request: HttpRequest) -> HttpResponse:
-    upload = request.FILES.get("file")
     try:
+        exports.check_import_rate(request.user)  # before request.FILES parses the upload
+        upload = request.FILES.get("file")
         if upload is None:
             raise ChatError("invalid_import", _("Choose a JSON file exported from deepseek-web."))
         if upload.size > exports.IMPORT_MAX_BYTES:

@@ -5,6 +5,8 @@ a view can look at the file's size. So this middleware, placed before it, compar
 with the cap the view declares (chat.core.view_declarations.body_limit) and answers as the view
 would: the upload's JSON error, the import form's message. (Form posts elsewhere are capped by
 DATA_UPLOAD_MAX_MEMORY_SIZE, the /v1 API by API_MAX_BODY_BYTES in its view; the socket by its frame size.)
+Before any of them, the web server itself refuses a body past SERVER_MAX_BODY_BYTES unread
+(deepseek_web/daphne_server.py): daphne would otherwise buffer a body of any size before Django runs.
 """
 from __future__ import annotations
 

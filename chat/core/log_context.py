@@ -13,6 +13,7 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from celery.signals import task_postrun, task_prerun
+from django.conf import settings
 from django.core.signals import request_finished
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
@@ -21,6 +22,7 @@ from pythonjsonlogger.json import JsonFormatter
 __all__ = [
     "FIELDS", "ContextFilter", "RequestIdMiddleware", "begin", "bind", "bound", "clean_request_id", "current",
     "json_formatter", "new_request_id", "plain_formatter", "request_id", "reset", "task_headers",
+    "trusted_request_id",
 ]
 
 FIELDS = ("request_id", "conversation_id", "message_id", "model")
@@ -85,6 +87,15 @@ def clean_request_id(value: Any) -> str | None:
     return value if _GOOD_ID.fullmatch(value) else None
 
 
+def trusted_request_id(value: Any) -> str | None:
+    """A caller's X-Request-ID when a trusted proxy passed it (AUDIT_TRUSTED_PROXY_COUNT > 0) and it is
+    plain enough to log and echo, else None. A client that picked the id could make its requests read,
+    in the logs and the audit, as another's; a proxy the site trusts sets or replaces it instead."""
+    if int(getattr(settings, "AUDIT_TRUSTED_PROXY_COUNT", 0) or 0) <= 0:
+        return None
+    return clean_request_id(value)
+
+
 def task_headers() -> dict[str, str]:
     """Celery message headers that carry the current request id to the worker."""
     current_id = request_id()
@@ -129,7 +140,7 @@ def plain_formatter() -> logging.Formatter:
 
 # ---- HTTP -----------------------------------------------------------------------------------------
 class RequestIdMiddleware:
-    """Gives each HTTP request an id (the caller's X-Request-ID when plain, else a new one), puts it in
+    """Gives each HTTP request an id (a trusted proxy's X-Request-ID when plain, else a new one), puts it in
     the log context and on the request (where chat.core.request_meta.request_id finds it), and echoes it."""
 
     sync_capable = True
@@ -141,7 +152,7 @@ class RequestIdMiddleware:
             markcoroutinefunction(self)
 
     def _start(self, request: HttpRequest) -> str:
-        value = clean_request_id(request.headers.get(HEADER)) or new_request_id()
+        value = trusted_request_id(request.headers.get(HEADER)) or new_request_id()
         request.audit_request_id = value  # type: ignore[attr-defined]
         # Not reset on the way out: Django logs a 4xx/5xx after the middleware returns, and a
         # streamed body is produced later still. The context is cleared when the response closes.

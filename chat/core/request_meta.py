@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import ipaddress
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
 
-__all__ = ["client_ip", "meta", "request_id"]
+from chat.core import log_context
 
-# The longest request id kept (AuditEvent.request_id holds 64 characters).
-REQUEST_ID_CHARS = 64
+__all__ = ["client_ip", "meta", "request_id"]
 
 
 def meta(request: Any) -> Mapping[str, Any]:
@@ -54,20 +52,14 @@ def client_ip(meta: Mapping[str, Any]) -> str | None:
     return _ip(address)
 
 
-def _header_text(value: Any) -> str:
-    """A header value either database stores: no NUL, no lone surrogate, at most REQUEST_ID_CHARS characters."""
-    text = str(value or "").replace("\x00", "")
-    return text.encode("utf-8", "replace").decode("utf-8")[:REQUEST_ID_CHARS]
-
-
 def request_id(request: Any) -> str:
-    """The request's id: the X-Request-ID header if any, else a new one, kept on the request so every
-    event of one request (or one socket connection) shares it."""
+    """The request's id: a trusted proxy's X-Request-ID if any (log_context.trusted_request_id), else a
+    new one, kept on the request so every event of one request (or one socket connection) shares it."""
     stored = request.get("audit_request_id") if isinstance(request, Mapping) else getattr(
         request, "audit_request_id", None)
     if stored:
         return stored
-    value = _header_text(meta(request).get("HTTP_X_REQUEST_ID", "")).strip() or uuid.uuid4().hex
+    value = log_context.trusted_request_id(meta(request).get("HTTP_X_REQUEST_ID")) or log_context.new_request_id()
     if isinstance(request, dict):
         request["audit_request_id"] = value
     else:

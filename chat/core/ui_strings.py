@@ -26,6 +26,7 @@ def ui_strings() -> dict[str, str]:
         "version": _("Version"),
         "not_connected": _("Not connected; reconnecting…"),
         "offline": _("Offline — reconnecting in %(seconds)s s…"),
+        "too_many_sockets": _("Too many chat tabs are open; close some. This one tries again in a minute."),
         "unavailable": _("This conversation is not available."),
         "rename": _("Rename"),
         "rename_failed": _("Could not rename the conversation."),

@@ -311,7 +311,7 @@ def stack_bench(model_entry: dict[str, Any], runs: int, levels: list[int],
     cookie = f"sessionid={client.cookies['sessionid'].value}"
     processes = [
         subprocess.Popen(worker, env=env, cwd=settings.BASE_DIR),
-        subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+        subprocess.Popen([sys.executable, "-m", "deepseek_web.daphne_server", "-b", "127.0.0.1", "-p", str(port),
                           "deepseek_web.asgi:application"], env=env, cwd=settings.BASE_DIR,
                          stderr=subprocess.DEVNULL),
     ]

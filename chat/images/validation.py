@@ -101,17 +101,45 @@ def validate_image(raw: bytes, limits: ImageLimits = ImageLimits()) -> Validated
     except (ImageRejected, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageRejected(
-            "too_many_pixels",
-            _("The image has too many pixels to open safely; the limit is %(limit)s pixels.")
-            % {"limit": f"{limits.max_pixels:,}"},
-        ) from error
+        raise _bomb(limits) from error
     except DECODE_ERRORS as error:
         raise _corrupt() from error
     except Exception as error:
         # Not a known way for a file to be broken: keep a trace, in case the bug is ours rather than the file's.
         logger.warning("Unexpected error while validating an image", exc_info=True)
         raise _corrupt() from error
+
+
+def declared_size(raw: bytes, limits: ImageLimits) -> tuple[int, int]:
+    """(width, height) from the header of a PNG, JPEG, WebP or GIF, read without decoding a pixel: what budgets
+    count before any image is decoded (a 5 KB PNG may declare 6000 × 6000). ImageRejected with the code and words
+    validate_image would use (empty_file, too_large, not_an_image, corrupt_image, too_many_pixels). Pillow opens
+    lazily: nothing past the header is read, and the per-image pixel and side limits hold here already."""
+    if not raw or len(raw) > limits.max_bytes:
+        validate_image(raw, limits)  # refuses it before decoding anything, in validation's own words
+    if _has_too_many_steps(raw):  # the header walk itself would cost seconds (see MAX_PNG_CHUNKS)
+        raise _corrupt()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _open(raw) as image:
+                size = image.size
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise _bomb(limits) from error
+    except DECODE_ERRORS as error:
+        raise _corrupt() from error
+    _check_pixels(size, limits)
+    return size
+
+
+def _bomb(limits: ImageLimits) -> ImageRejected:
+    return ImageRejected(
+        "too_many_pixels",
+        _("The image has too many pixels to open safely; the limit is %(limit)s pixels.")
+        % {"limit": f"{limits.max_pixels:,}"},
+    )
 
 
 def _validate(raw: bytes, limits: ImageLimits) -> ValidatedImage:

@@ -1,13 +1,17 @@
 """Moderation rules: Rule and Verdict, the checks a rule's pattern must pass, and RuleSet, which matches them."""
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import time
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import regex
+from django.conf import settings
 from django.utils.translation import gettext as _
 
 from chat.moderation.normalize import INVISIBLE, fold, normalize
@@ -28,6 +32,14 @@ WINDOW = 256
 REGEX_SPAN = 4096
 # A repetition allowed more times than this counts as large in the nested-repetition check.
 _LARGE_REPEAT = 16
+# The time one regex rule may take on one text (a whole input, or one streamed delta with its reach) when
+# settings.MODERATION_REGEX_TIMEOUT_MS does not say: rules that do not backtrack take microseconds.
+REGEX_TIMEOUT_MS = 50
+# The characters repeated in the probes a new regex must get through (besides those of its own literals).
+_PROBE_CHARS = "a0 -.x"
+_PROBE_TAILS = ("!", "\x00")
+# The most literal beginnings (_leads) kept for one regex: (?:akia|asia) has 2, gh[pousr]_ 5.
+_MAX_LEADS = 16
 # A letter or digit of a script that separates words with spaces: CJK, kana and Hangul are \w to
 # Python but have no word boundaries, so they never make a keyword's edge part of a longer word.
 _WORD_CLASS = r"[^\W\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003ffff]"
@@ -50,12 +62,15 @@ class Verdict:
     rule_id: str = ""
     category: str = ""
     score: float | None = None  # the classifier's confidence
+    timed_out: bool = False  # the rule ran past its time budget and counted as a match (RuleSet)
 
     def as_detail(self) -> dict[str, Any]:
         """What the audit log keeps for staff: which stage and rule blocked, never the text itself."""
         detail: dict[str, Any] = {"stage": self.stage, "rule_id": self.rule_id, "category": self.category}
         if self.score is not None:
             detail["score"] = round(self.score, 4)
+        if self.timed_out:
+            detail["timed_out"] = True
         return detail
 
 
@@ -152,14 +167,38 @@ def pattern_error(kind: str, pattern: str) -> str | None:
         return None
     try:
         compiled = _compile_regex(_fold_pattern(pattern))
-    except (re.error, RecursionError, OverflowError, ValueError) as error:
+    except (re.error, regex.error, RecursionError, OverflowError, ValueError) as error:
         return _("This regular expression does not compile: %(error)s") % {"error": error}
     if compiled.search("") is not None:
         return _("This regular expression matches empty text, so it would block everything.")
     if _nested_repeat(_fold_pattern(pattern)):
         return _("Nested repetition such as (a+)+ can take exponential time; use a possessive quantifier (a++) "
                  "or an atomic group (?>…) inside.")
+    if _backtracks(_fold_pattern(pattern)):
+        return _("This regular expression takes too long on text such as a long run of one letter (as (a|aa)+ "
+                 "does); rewrite it so that each part can match in only one way.")
     return None
+
+
+def _timeout_seconds() -> float:
+    return max(0, int(getattr(settings, "MODERATION_REGEX_TIMEOUT_MS", REGEX_TIMEOUT_MS))) / 1000
+
+
+@functools.lru_cache(maxsize=1024)
+def _backtracks(pattern: str) -> bool:
+    """Whether a folded regex runs past its time budget on one of a few probes: a span-long run of one
+    character (one of the pattern's own, or a common one) ended by one that fails the match, the text
+    that makes (a|aa)+$ or (\\w+\\s?)*$ backtrack. A guard for the admin form, not a proof: RuleSet still
+    runs every rule under the budget. Cached, because each moderator rebuild checks every rule again."""
+    compiled = _compile_regex(pattern)
+    chars = dict.fromkeys(_PROBE_CHARS + "".join(char for char in pattern if char.isprintable()))
+    try:
+        for char in list(chars)[:32]:
+            for tail in _PROBE_TAILS:
+                compiled.search(char * REGEX_SPAN + tail, timeout=_timeout_seconds())
+    except TimeoutError:
+        return True
+    return False
 
 
 def _trie(keywords: Iterable[str]) -> str:
@@ -214,14 +253,59 @@ def _reach(pattern: str) -> int:
         return WINDOW
 
 
-def _compile_regex(pattern: str) -> re.Pattern[str]:
-    """The text is casefolded already, so IGNORECASE is needed only for a pattern with capitals, and
+def _leads(pattern: str) -> tuple[str, ...]:
+    """Texts one of which begins every match of a folded regex, or () when it has none to be sure of (or
+    ignores case). A rule none of whose leads is in the text cannot match, so RuleSet skips it without
+    running the matcher: most deltas of a stream contain no "-----begin" or "sk-", and each run under a
+    time budget costs two reads of the process clock, more than the search itself."""
+    try:
+        from re import _constants as sre
+        from re import _parser as parser  # private, but it is the parser of exactly Python's syntax
+
+        parsed = parser.parse(pattern)
+    except Exception:  # pragma: no cover - another Python
+        return ()
+    zero_width = (sre.AT, sre.ASSERT, sre.ASSERT_NOT)
+
+    def walk(items: Any, heads: list[str]) -> tuple[list[str], bool]:
+        """`heads` grown by the literal text the items begin with; True when all of the items were."""
+        for op, av in items:
+            if op is sre.LITERAL:
+                heads = [head + chr(av) for head in heads]
+            elif op in zero_width:  # consumes nothing: the literal after it follows on
+                continue
+            elif op is sre.IN and all(kind is sre.LITERAL for kind, _ in av) and len(heads) * len(av) <= _MAX_LEADS:
+                heads = [head + chr(code) for head in heads for _, code in av]
+            elif op is sre.SUBPATTERN and not av[1] and not av[2]:  # a group that sets no flags
+                heads, whole = walk(av[3], heads)
+                if not whole:
+                    return heads, False
+            elif op is sre.BRANCH:
+                grown = [head + tail for head in heads for branch in av[1] for tail in walk(branch, [""])[0]]
+                return (grown, False) if len(grown) <= _MAX_LEADS else (heads, False)
+            else:
+                return heads, False
+        return heads, True
+
+    if parsed.state.flags & re.IGNORECASE:
+        return ()
+    heads = walk(parsed, [""])[0]
+    return () if "" in heads else tuple(dict.fromkeys(heads))
+
+
+def _compile_regex(pattern: str) -> regex.Pattern[str]:
+    """A rule's regex for the `regex` engine, which can stop a match that runs past its time budget
+    (Python's re cannot, and google-re2 has no lookarounds, which the shipped rules need). The syntax
+    accepted stays exactly Python's: re compiles it first (_reach and _nested_repeat read its parse).
+    The text is casefolded already, so IGNORECASE is needed only for a pattern with capitals, and
     leaving it off lets the matcher skip ahead to a pattern's literal start (it cannot for a cased one)."""
     uncased = re.sub(r"\\.", "", pattern)  # \S, \W, \D are not capitals
-    return re.compile(pattern, re.IGNORECASE if any(char.isupper() for char in uncased) else 0)
+    flags = re.IGNORECASE if any(char.isupper() for char in uncased) else 0
+    re.compile(pattern, flags)
+    return regex.compile(pattern, regex.V0 | (regex.IGNORECASE if flags else 0))
 
 
-def _may_grow(text: str, match: re.Match[str]) -> bool:
+def _may_grow(text: str, match: re.Match[str] | regex.Match[str]) -> bool:
     """A match at the very end of a stream that ends in a letter may be the start of a longer word
     ("how to make a bomb" + "er jacket"); the next delta or OutputWatch.finish decides."""
     return match.end() == len(text) and match.end() > match.start() and bool(_WORD.match(text[-1]))
@@ -238,7 +322,14 @@ class RuleSet:
     matches "Kill!" but not "skill") and as plain substrings where it is Chinese (no spaces there).
     Regex rules run case-insensitively on the normalized text, after _fold_pattern; an unusable one is
     skipped with a warning rather than letting an admin edit stop moderation. A regex whose first item is
-    a literal is much cheaper than one that starts with a lookbehind or \\b (the matcher can skip ahead)."""
+    a literal is much cheaper than one that starts with a lookbehind or \\b (the matcher can skip ahead).
+
+    Each regex rule gets a time budget per check (settings.MODERATION_REGEX_TIMEOUT_MS, for the whole
+    text of an input or one step of a stream). A rule that runs past it counts as a match, in both
+    directions (fail closed): the text is refused or the answer cut, a warning names the rule, and the
+    verdict says timed_out so the audit event tells staff which rule to fix. Failing open would let
+    anyone who finds a slow rule pad a text until that rule gives up and then say what it forbids; and
+    a stream would pay the budget again on every delta, where a cut answer pays it once."""
 
     def __init__(self, rules: Iterable[Rule], direction: str) -> None:
         if direction not in ("input", "output"):
@@ -246,7 +337,8 @@ class RuleSet:
         self.direction = direction
         self.rules = tuple(rule for rule in rules if rule.applies_to in (direction, "both"))
         self._by_keyword: dict[str, Rule] = {}
-        self._regexes: list[tuple[re.Pattern[str], int, Rule]] = []
+        self._regexes: list[tuple[regex.Pattern[str], int, tuple[str, ...], Rule]] = []
+        self._timeout = _timeout_seconds()
         for rule in self.rules:
             error = pattern_error(rule.kind, rule.pattern)
             if error:
@@ -255,11 +347,13 @@ class RuleSet:
                 self._by_keyword.setdefault(normalize(rule.pattern), rule)  # the first rule of a keyword wins
             else:
                 pattern = _fold_pattern(rule.pattern)
-                self._regexes.append((_compile_regex(pattern), _reach(pattern), rule))
+                compiled = _compile_regex(pattern)
+                leads = () if compiled.flags & regex.IGNORECASE else _leads(pattern)
+                self._regexes.append((compiled, _reach(pattern), leads, rule))
         self._keywords = re.compile(_keywords_pattern(self._by_keyword)) if self._by_keyword else None
         self._keyword_reach = max(map(len, self._by_keyword), default=0)
         # How far before the new text of a stream a match may start.
-        self.reach = max([self._keyword_reach, *(reach for _, reach, _ in self._regexes)])
+        self.reach = max([self._keyword_reach, *(reach for _, reach, _, _ in self._regexes)])
 
     def __bool__(self) -> bool:
         return bool(self._by_keyword or self._regexes)
@@ -277,22 +371,32 @@ class RuleSet:
                 if final or not _may_grow(text, match):
                     return _blocked(self._by_keyword[match.group()])
                 pos = match.start() + 1
-        for pattern, reach, rule in self._regexes:
-            if self._regex_matches(pattern, text, max(0, new - reach), final):
+        for pattern, reach, leads, rule in self._regexes:
+            start = max(0, new - reach)
+            if leads and all(text.find(lead, start) < 0 for lead in leads):
+                continue
+            try:
+                matched = _regex_matches(pattern, text, start, final, time.monotonic() + self._timeout)
+            except TimeoutError:
+                log.warning("moderation rule %s ran past its %d ms budget on %d characters; it counts as a match",
+                            rule.id, round(self._timeout * 1000), len(text) - start)
+                return Verdict(False, "rules", rule.id, rule.category, timed_out=True)
+            if matched:
                 return _blocked(rule)
         return ALLOWED
 
-    @staticmethod
-    def _regex_matches(pattern: re.Pattern[str], text: str, start: int, final: bool) -> bool:
-        end = len(text)
-        while True:
-            stop = min(start + REGEX_SPAN, end)
-            for match in pattern.finditer(text, start, stop):
-                # A lookahead cannot see past a span's end: the overlapping next span judges that match.
-                if match.end() == stop < end:
-                    continue
-                if final or not _may_grow(text, match):
-                    return True
-            if stop >= end:
-                return False
-            start = stop - WINDOW
+
+def _regex_matches(pattern: regex.Pattern[str], text: str, start: int, final: bool, deadline: float) -> bool:
+    """Whether a match reaches text[start:], span by span; TimeoutError once `deadline` (monotonic) passes."""
+    end = len(text)
+    while True:
+        stop = min(start + REGEX_SPAN, end)
+        pos = start
+        while (match := pattern.search(text, pos, stop, timeout=max(0.0, deadline - time.monotonic()))) is not None:
+            # A lookahead cannot see past a span's end: the overlapping next span judges that match.
+            if not match.end() == stop < end and (final or not _may_grow(text, match)):
+                return True
+            pos = match.end() if match.end() > match.start() else match.start() + 1
+        if stop >= end:
+            return False
+        start = stop - WINDOW

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from chat.accounts import usage as api_usage
 from chat.audit import record as audit
-from chat.conversations import events, lifecycle, liveness, threads
+from chat.conversations import events, image_budget, lifecycle, liveness, threads
 from chat.conversations.frames import delta_frame, done_frame, error_frame, message_frame
 from chat.conversations.models import Attachment, Message
 from chat.core import log_context
@@ -89,9 +89,21 @@ def _user(user_id: int | None) -> Any:
 
 
 def _images_by_message(message_ids: list[Any]) -> dict[Any, list[bytes]]:
-    """The stored (validated, re-encoded) images of these messages, in upload order."""
+    """The stored (validated, re-encoded) images of these messages (oldest first) that the answer looks at, in
+    upload order: the newest that fit the per-request budget (chat/conversations/image_budget.py), counted by
+    the sizes their rows recorded. Older ones are left out, their turns keeping their text, and only the kept
+    files are read: a branch written before a limit was lowered cannot make the engine decode more."""
+    order = {message_id: index for index, message_id in enumerate(message_ids)}
+    newest_first = sorted(
+        Attachment.objects.filter(message_id__in=message_ids).only("id", "message_id", "file", "width", "height",
+                                                                    "created_at"),
+        key=lambda attachment: (order[attachment.message_id], attachment.created_at), reverse=True,
+    )
+    kept = newest_first[:image_budget.newest_within_budget([(a.width, a.height) for a in newest_first])]
+    if len(kept) < len(newest_first):
+        log.info("the answer looks at the newest %d of its branch's %d images", len(kept), len(newest_first))
     found: dict[Any, list[bytes]] = {}
-    for attachment in Attachment.objects.filter(message_id__in=message_ids).order_by("created_at"):
+    for attachment in reversed(kept):
         with attachment.file.open("rb") as stored:
             found.setdefault(attachment.message_id, []).append(stored.read())
     return found
@@ -244,8 +256,9 @@ class ReplyWriter:
                 completion_tokens=self.completion_tokens, stop_requested=False, updated_at=timezone.now(),
             )
             self._audit(finish_reason if saved else "deleted")
-        if self.job.source == "api" and self.job.user_id is not None:
-            api_usage.record_tokens(self.job.user_id, self.prompt_tokens, self.completion_tokens)
+        if self.job.user_id is not None:  # its quota hold is replaced by what it spent
+            api_usage.settle(self.job.source, self.job.user_id, self.job.message_id, self.prompt_tokens,
+                             self.completion_tokens)
         if not saved:  # deleted meanwhile: nobody to tell
             return None
         frames = []

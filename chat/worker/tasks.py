@@ -8,10 +8,11 @@ from celery import shared_task
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import close_old_connections
+from django.utils.translation import gettext as _
 
 from chat.conversations import lifecycle
 from chat.conversations.liveness import WritingBeacon
-from chat.core import log_context
+from chat.core import errors, log_context
 from chat.core.metrics_snapshots import ensure_pushing, stop_pushing
 from chat.core.served_models import all_models, get_model
 from chat.core.worker_routing import Heartbeat, private_queue
@@ -82,15 +83,36 @@ def generate(message_id: str) -> None:
         else:
             _answer_locally(engine, job, sampling_params(spec, job), writer)
     except (UnknownModel, ModelLoadError, PromptTooLong, UpstreamError) as exc:
-        writer.fail(str(exc))
+        writer.fail(_failure_text(exc, job))
     except Exception:
-        log.exception("generation of %s failed", message_id)
+        error = errors.error_id()
+        log.exception("generation of %s failed (error id %s)", message_id, error, extra={"error_id": error})
         try:
-            writer.fail("The model failed while writing this answer; the partial answer was kept.")
+            writer.fail(errors.with_error_id(
+                _("The model failed while writing this answer; the partial answer was kept."), error))
         except Exception:  # e.g. the database is gone too: the row stays for a later sweep
             log.exception("could not record the failure of %s", message_id)
     finally:
         writer.close()
+
+
+def _failure_text(exc: Exception, job: ReplyJob) -> str:
+    """What the person who asked reads for a failure we expected. A prompt too long is theirs to fix and
+    says so; for the others, a stable sentence and an error id, while the log line with the same id has
+    the detail (a model's path, the loader's exception, an upstream's reply)."""
+    if isinstance(exc, PromptTooLong):
+        return str(exc)
+    error = errors.error_id()
+    log.error("answer %s failed (error id %s): %s", job.message_id, error, exc, extra={"error_id": error})
+    if isinstance(exc, UpstreamError) and exc.status:
+        text = _("The upstream server for %(model)s answered with status %(status)s.")
+    elif isinstance(exc, UpstreamError):
+        text = _("The upstream server for %(model)s failed to answer.")
+    elif isinstance(exc, ModelLoadError):
+        text = _("The model %(model)s could not be loaded.")
+    else:
+        text = _("The model %(model)s is not served here.")
+    return errors.with_error_id(text % {"model": job.model, "status": getattr(exc, "status", None)}, error)
 
 
 def _answer_locally(engine: Engine, job: ReplyJob, params: SamplingParams, writer: ReplyWriter) -> None:

@@ -7,7 +7,7 @@ import { childrenOf, defaultLeaf, newestLeafUnder, pathTo } from "./thread.js";
 const script = document.getElementById("chat-script");
 const conversationId = script.dataset.conversationId;
 const state = JSON.parse(document.getElementById("initial-state").textContent);
-const t = JSON.parse(document.getElementById("ui-strings").textContent);
+const t = { ...JSON.parse(document.getElementById("ui-strings").textContent), ...state.strings };
 const list = document.getElementById("messages");
 const form = document.getElementById("composer");
 const prompt = document.getElementById("prompt");
@@ -171,10 +171,27 @@ function showTools(node) {
 }
 
 // ---- the branch on show ---------------------------------------------------------------------
-function renderThread() {
+// The page comes with the text of the branch's newest messages only; the others are stubs (their place in
+// the tree) until fetched: the branch shows from its newest stub on, with a button to fetch further back.
+function renderThread(keepScroll = false) {
   const path = pathTo(leafId, nodes);
+  let start = path.length;
+  while (start > 0 && !path[start - 1].stub) start--;
   const fragment = document.createDocumentFragment();
-  for (const node of path) {
+  if (start > 0) {
+    const until = path[start - 1].id;
+    // The message on show itself is not here yet (another version was picked): fetch it, once.
+    if (start === path.length && !failed.has(until)) fetchBranch(until, false);
+    const loading = fetching.has(until);
+    const more = button(loading ? t.loading : t.load_earlier, "secondary load-earlier", () => {
+      more.disabled = true;
+      more.textContent = t.loading;
+      fetchBranch(until, true);
+    });
+    more.disabled = loading;
+    fragment.append(more);
+  }
+  for (const node of path.slice(start)) {
     if (!node.el) {
       build(node);
       showContent(node);
@@ -182,8 +199,34 @@ function renderThread() {
     showStatus(node);
     fragment.append(node.el);
   }
+  const fromBottom = list.scrollHeight - list.scrollTop;
   list.replaceChildren(fragment);
-  scrollToEnd(true);
+  if (keepScroll) list.scrollTop = list.scrollHeight - fromBottom;
+  else scrollToEnd(true);
+}
+
+// Messages of the branch ending at `until` (the server sends the newest few): stubs become messages.
+const fetching = new Set();
+const failed = new Set();
+async function fetchBranch(until, keepScroll) {
+  if (fetching.has(until)) return;
+  fetching.add(until);
+  try {
+    const response = await fetch(`/c/${conversationId}/messages/?until=${encodeURIComponent(until)}`,
+      { headers: { Accept: "application/json" } });
+    if (!response.ok) throw new Error(String(response.status));
+    for (const body of (await response.json()).messages) {
+      const node = nodes.get(body.id);
+      if (node && !node.stub) continue; // what the socket brought is as fresh
+      nodes.set(body.id, { ...body, parent_id: body.parent_id || null, stub: false });
+    }
+  } catch {
+    failed.add(until);
+    showError(t.load_failed);
+  } finally {
+    fetching.delete(until);
+  }
+  renderThread(keepScroll);
 }
 
 function selectVersion(sibling) {
@@ -220,6 +263,7 @@ function showTitle(title) {
 }
 
 function upsert(body) {
+  resuming.delete(body.id);
   if (body.conversation_title) showTitle(body.conversation_title);
   if (unconfirmed && body.role === "user" && body.client_id === unconfirmed.clientId) unconfirmed = null;
   if (sentImages && body.role === "user" && body.client_id) {
@@ -239,7 +283,9 @@ function upsert(body) {
     id: body.id, parent_id: body.parent_id || null, position: body.position, role: body.role,
     status: body.status, finish_reason: body.finish_reason, error: body.error,
   });
-  if (fresher) Object.assign(node, { seq: body.seq, content: body.content, reasoning: body.reasoning, html: body.html });
+  if (fresher) {
+    Object.assign(node, { seq: body.seq, content: body.content, reasoning: body.reasoning, html: body.html, stub: false });
+  }
   if (body.attachments) node.attachments = body.attachments;
   if (isNew) {
     const appendsToBranch = (node.parent_id || null) === (leafId || null) || !leafId;
@@ -261,13 +307,18 @@ function upsert(body) {
   setActive();
 }
 
+const resuming = new Set(); // answers whose row was asked for and has not come yet
 function onDelta(frame) {
   let node = nodes.get(frame.message_id);
   if (!node) return; // not announced to us: a later resume or reload shows it
   if (frame.seq <= node.seq) return; // already have it (from the row or a repeat)
   if (frame.seq !== node.seq + 1) {
-    // A gap: frames are at-most-once, so re-read the row and continue from there.
-    send({ type: "resume", message_id: frame.message_id, after_seq: node.seq });
+    // A gap: frames are at-most-once, so re-read the row and continue from there. One resume at a time
+    // (the server answers few of them per socket): the deltas that follow the gap need no more.
+    if (!resuming.has(frame.message_id)) {
+      resuming.add(frame.message_id);
+      send({ type: "resume", message_id: frame.message_id, after_seq: node.seq });
+    }
     return;
   }
   node.seq = frame.seq;
@@ -312,6 +363,7 @@ function onFrame(frame) {
       break;
     }
     case "error": {
+      resuming.clear(); // a refused resume may be asked again at the next gap
       const node = frame.message_id && nodes.get(frame.message_id);
       if (node && frame.code === "generation_failed") node.error = frame.message;
       if (unconfirmed && !frame.message_id) {
@@ -417,6 +469,7 @@ function connect() {
   socket = new WebSocket(`${scheme}://${location.host}/ws/chat/${conversationId}/`);
   socket.addEventListener("open", () => {
     retries = 0;
+    resuming.clear(); // answers to the old socket's resumes are lost with it
     connectionBox.hidden = true;
     if (errorBox.textContent === t.not_connected) showError("");
     document.body.dataset.socket = "open";
@@ -426,8 +479,17 @@ function connect() {
   socket.addEventListener("message", (event) => onFrame(JSON.parse(event.data)));
   socket.addEventListener("close", (event) => {
     document.body.dataset.socket = "closed";
-    if (event.code === 4401) { location.href = "/accounts/login/"; return; }
+    // Signed out (here or elsewhere: a logout, a new password): sign in again and come back.
+    if (event.code === 4401) { location.href = `/accounts/login/?next=${encodeURIComponent(location.pathname)}`; return; }
     if (event.code === 4403) { showError(t.unavailable); return; }
+    // Too many tabs open: say so, and try once a minute (not the quick backoff below: every tab over the
+    // cap would reconnect every few seconds, each try refused).
+    if (event.code === 4429) {
+      connectionBox.textContent = t.too_many_sockets;
+      connectionBox.hidden = false;
+      setTimeout(connect, 60000);
+      return;
+    }
     const delay = Math.min(10000, 500 * 2 ** retries++);
     connectionBox.textContent = t.offline.replace("%(seconds)s", String(Math.max(1, Math.round(delay / 1000))));
     connectionBox.hidden = false;
@@ -447,7 +509,7 @@ stopButton.addEventListener("click", () => activeId && send({ type: "stop", mess
 
 for (const body of state.messages) {
   nodes.set(body.id, {
-    ...body, parent_id: body.parent_id || null, seq: body.seq,
+    ...body, parent_id: body.parent_id || null, seq: body.seq || 0,
   });
 }
 if (!leafId || !nodes.has(leafId)) leafId = defaultLeaf(nodes);

@@ -185,9 +185,9 @@ async def test_it_limits_requests_per_minute_and_recovers_in_the_next_window(cli
     settings.API_REQUESTS_PER_MINUTE = 2
     monkeypatch.setattr(api_usage, "RATE_WINDOW_SECONDS", 2)  # a two-second "minute"
     time.sleep(2 - time.time() % 2 + 0.05)  # start at the beginning of a window
-    with pytest.raises(openai.UnprocessableEntityError):  # parameters are checked first: costs nothing
+    # The limits come before the body is read or parsed (a huge body costs nothing refused): a bad one counts too.
+    with pytest.raises(openai.UnprocessableEntityError):
         await client.chat.completions.create(model=CHAT, messages=HELLO, temperature=-1)
-    await _admitted_request(client)
     await _admitted_request(client)
     error = await refused(lambda: client.chat.completions.create(model=CHAT, messages=HELLO),
                           openai.RateLimitError, 429, "rate_limit_exceeded")

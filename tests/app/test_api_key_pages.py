@@ -9,10 +9,12 @@ from django.utils import translation
 
 from chat.accounts import api_keys
 from chat.accounts.models import ApiKey, ApiUsage
+from chat.audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 
 URL = "/account/api-keys/"
+PASSWORD = "correct horse battery"  # the fixtures' (tests/conftest.py make_user)
 KEY = re.compile(r"sk-[A-Za-z0-9_-]{20,}")
 
 
@@ -31,7 +33,7 @@ def test_it_sends_anonymous_visitors_to_the_login_page(client, alice):
 def test_it_shows_a_new_key_once_and_the_key_works(client, alice):
     client.force_login(alice)
     # When alice creates a key
-    response = client.post(URL, {"name": "laptop"})
+    response = client.post(URL, {"name": "laptop", "password": PASSWORD})
     # Then the answer shows it once, with a copy button and the warning, and is not cached
     assert response.status_code == 200
     assert "no-store" in response["Cache-Control"]
@@ -51,7 +53,7 @@ def test_it_shows_a_new_key_once_and_the_key_works(client, alice):
 
 def test_it_creates_a_key_without_a_name(client, alice):
     client.force_login(alice)
-    response = client.post(URL, {})
+    response = client.post(URL, {"password": PASSWORD})
     assert response.status_code == 200 and ApiKey.objects.get(user=alice).name == ""
     assert "Unnamed key" in response.content.decode()
 
@@ -83,7 +85,7 @@ def test_it_lists_only_the_users_own_keys_by_prefix_and_never_a_key_or_hash(clie
 
 def test_it_shows_a_bad_name_and_creates_nothing(client, alice):
     client.force_login(alice)
-    response = client.post(URL, {"name": "x" * 101})
+    response = client.post(URL, {"name": "x" * 101, "password": PASSWORD})
     assert response.status_code == 400
     html = response.content.decode()
     assert 'id="key-name-error"' in html and "at most 100 characters" in html
@@ -184,7 +186,7 @@ def test_it_is_linked_from_the_chat_sidebar(client, alice):
 
 def test_it_has_no_inline_script_or_style(client, alice):
     client.force_login(alice)
-    response = client.post(URL, {"name": "laptop"})
+    response = client.post(URL, {"name": "laptop", "password": PASSWORD})
     policy = response["Content-Security-Policy"]
     assert "unsafe-inline" not in policy and "script-src 'self'" in policy
     html = response.content.decode()
@@ -207,7 +209,7 @@ def test_it_renders_in_simplified_chinese(client, alice, settings, back_to_engli
     api_keys.do_create_key(alice, "laptop")
     client.force_login(alice)
     client.cookies["django_language"] = "zh-hans"
-    response = client.post(URL, {"name": "x" * 101})
+    response = client.post(URL, {"name": "x" * 101, "password": PASSWORD})
     html = response.content.decode()
     assert 'lang="zh-hans"' in html and "密钥名称最多 100 个字符" in html
     html = client.get(URL).content.decode()
@@ -216,5 +218,29 @@ def test_it_renders_in_simplified_chinese(client, alice, settings, back_to_engli
                     "Requests today", "no limit", "How to use a key"):
         assert english not in html, english
     assert "API 密钥</h1>" in html and "从未使用" in html and "不限" in html
-    html = client.post(URL, {"name": "phone"}).content.decode()
+    html = client.post(URL, {"name": "phone", "password": PASSWORD}).content.decode()
     assert "不会再次显示" in html
+
+
+def test_it_needs_the_password_again_and_a_wrong_one_makes_no_key(client, alice):
+    client.force_login(alice)
+    for password, error in (("", "Enter your password"), ("wrong horse battery", "not your password")):
+        response = client.post(URL, {"name": "stolen session", "password": password})
+        assert response.status_code == 400
+        html = response.content.decode()
+        assert 'id="key-password-error"' in html and error in html and KEY.search(html) is None
+    assert not ApiKey.objects.exists()
+    assert AuditEvent.objects.filter(action="login_failed").count() == 1  # the wrong one: a failed sign-in
+
+
+def test_wrong_passwords_lock_key_making_out_as_they_lock_sign_in(client, alice, settings):
+    client.force_login(alice)
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert client.post(URL, {"password": "guess"}).status_code == 400
+    assert client.post(URL, {"password": "guess"}).status_code == 429  # the last failure the limit allows
+    # Locked out now: even the right password makes no key, and sign-in with it is refused too
+    response = client.post(URL, {"password": PASSWORD})
+    assert response.status_code == 429 and "Too many wrong passwords" in response.content.decode()
+    assert not ApiKey.objects.exists()
+    client.logout()
+    assert client.post("/accounts/login/", {"username": "alice", "password": PASSWORD}).status_code == 429

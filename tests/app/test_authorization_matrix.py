@@ -295,6 +295,9 @@ SITE: dict[str, Row] = {
     "attachments/<uuid:attachment_id>/thumbnail/": Row(lambda world: f"/attachments/{world.attachment.id}/thumbnail/",
                                                         {"GET": owner_only(200)}),
     "c/<uuid:conversation_id>/": Row(in_conversation(), {"GET": owner_only(200)}),
+    "c/<uuid:conversation_id>/messages/": Row(
+        lambda world: f"/c/{world.conversation.id}/messages/?until={world.conversation.current_leaf_id}",
+        {"GET": owner_only(200), "POST": members(405)}),
     "c/<uuid:conversation_id>/rename/": Row(in_conversation("rename/"),
                                             {"GET": POST_ONLY, "POST": owner_only(CONVERSATION_PAGE)},
                                             body=lambda world: {"title": "Renamed"}),
@@ -305,8 +308,10 @@ SITE: dict[str, Row] = {
                                               body=settings_body),
     r"^c/(?P<conversation_id>[0-9a-f-]{36})/export\.(?P<ext>md|json)$": Row(
         in_conversation("export.json"), {"GET": owner_only(200), "POST": members(405)}),
-    "account/api-keys/": Row(fixed("/account/api-keys/"), {"GET": members(200), "POST": members(200)},
-                             body=lambda world: {"name": "laptop"}),  # a key of one's own
+    "account/api-keys/": Row(fixed("/account/api-keys/"), {"GET": members(200), "POST": members(400)},
+                             body=lambda world: {"name": "laptop"}),  # no password again: no key is made
+    "account/api-keys/revoke-all/": Row(fixed("/account/api-keys/revoke-all/"),
+                                        {"GET": POST_ONLY, "POST": members(To("/account/api-keys/"))}),
     "account/api-keys/<uuid:key_id>/revoke/": Row(lambda world: f"/account/api-keys/{world.live_key_row.id}/revoke/",
                                                   {"GET": POST_ONLY, "POST": owner_only(To("/account/api-keys/"))}),
 }

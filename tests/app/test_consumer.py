@@ -193,6 +193,49 @@ async def test_a_flood_of_frames_is_rate_limited(conversation, alice, broker, se
     await socket.disconnect()
 
 
+async def test_a_socket_that_keeps_flooding_after_its_refusals_is_closed(conversation, alice, bob, broker, settings):
+    """A page stops at the first rate_limited; a client that sends on past SOCKET_REFUSALS_BEFORE_CLOSE refusals
+    in a row is closed (4008), so the rest of its flood costs nothing, and other sockets are untouched."""
+    settings.SOCKET_FRAME_BURST = 2
+    settings.SOCKET_FRAMES_PER_SECOND = 0.01
+    settings.SOCKET_REFUSALS_BEFORE_CLOSE = 3
+    theirs = await database_sync_to_async(Conversation.objects.create)(user=bob, model="deepseek-chat")
+    bystander = await open_socket(bob, theirs.id)
+    socket = await open_socket(alice, conversation.id)
+    for _ in range(2):
+        await send(socket, {"type": "send", "content": ""})
+        assert (await receive(socket))["code"] == "empty_message"
+    for _ in range(3):  # refused, each with its error frame
+        await send(socket, {"type": "send", "content": "hello"})
+        assert (await receive(socket))["code"] == "rate_limited"
+    await send(socket, {"type": "send", "content": "hello"})  # the fourth refusal in a row closes it
+    closed = await socket.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4008}
+    assert await messages_written() == 0
+    # Bob's socket still works.
+    await send(bystander, {"type": "send", "content": ""})
+    assert (await receive(bystander))["code"] == "empty_message"
+    await bystander.disconnect()
+
+
+async def test_a_resume_flood_past_its_refusals_is_closed_too(conversation, alice, broker, settings):
+    settings.SOCKET_RESUME_BURST = 1
+    settings.SOCKET_RESUMES_PER_SECOND = 0.01
+    settings.SOCKET_REFUSALS_BEFORE_CLOSE = 2
+    answer = await database_sync_to_async(Message.objects.create)(
+        conversation=conversation, position=1, role="assistant", content="an answer")
+    socket = await open_socket(alice, conversation.id)
+    resume = {"type": "resume", "message_id": str(answer.id), "after_seq": 0}
+    await send(socket, resume)
+    assert (await receive(socket))["type"] == "message"
+    assert (await receive(socket))["type"] == "done"
+    for _ in range(2):
+        await send(socket, resume)
+        assert (await receive(socket))["code"] == "rate_limited"
+    await send(socket, resume)
+    assert await socket.receive_output(timeout=5) == {"type": "websocket.close", "code": 4008}
+
+
 async def test_stop_and_resume_of_another_users_message_reveal_nothing(conversation, alice, bob, broker):
     theirs = await database_sync_to_async(Conversation.objects.create)(user=bob, model="deepseek-chat")
     secret = await database_sync_to_async(Message.objects.create)(

@@ -96,8 +96,10 @@ def test_the_sidebar_lists_the_users_conversations_newest_first(client, alice, b
 
 def test_the_page_shows_history_escaped_and_says_the_demo_model_is_noise(client, alice):
     conversation = Conversation.objects.create(user=alice, model="deepseek-chat")
-    Message.objects.create(conversation=conversation, position=1, role="user", content="<script>alert(1)</script>")
-    Message.objects.create(conversation=conversation, position=2, role="assistant", content="an answer")
+    question = Message.objects.create(conversation=conversation, position=1, role="user",
+                                      content="<script>alert(1)</script>")
+    Message.objects.create(conversation=conversation, position=2, role="assistant", content="an answer",
+                           parent=question)
     client.force_login(alice)
     html = client.get(f"/c/{conversation.id}/").content.decode()
     # Messages reach the page as JSON data (shown by chat.js as text or sanitized HTML).

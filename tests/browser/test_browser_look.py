@@ -177,6 +177,7 @@ class LookAndAccessTests(BrowserTestCase):
         page.wait_for_selector("#create-key-form")
         self.audit(page, f"{label}: API keys, none yet", found)
         page.fill("#key-name", "laptop")
+        page.fill("#key-password", PASSWORD)  # a new key needs the password again
         page.click("#create-key")
         page.wait_for_selector("#new-key")
         self.audit(page, f"{label}: API keys, a new key shown once", found)

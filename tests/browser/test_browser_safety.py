@@ -44,6 +44,15 @@ def corpus_conversation(user, title: str, system_prompt: str) -> Conversation:
     return conversation
 
 
+def show_whole_branch(page) -> None:
+    """A page carries its branch's newest messages (CONVERSATION_PAGE_MESSAGES); "Show earlier messages"
+    fetches the rest, a window at a time."""
+    while page.locator(".load-earlier").count():
+        before = page.locator(".message").count()
+        page.click(".load-earlier")
+        page.wait_for_function("n => document.querySelectorAll('.message').length > n", arg=before)
+
+
 class SafetyAndScaleTests(BrowserTestCase):
     def assert_inert(self, page) -> None:
         assert page.evaluate("window.__xssCalls") == []
@@ -68,6 +77,7 @@ class SafetyAndScaleTests(BrowserTestCase):
         # Stored: the whole corpus after a load, with the thinking sections opened and the settings shown.
         page.goto(f"{self.live_server_url}/c/{stored.id}/")
         page.wait_for_selector("body[data-socket=open]")
+        show_whole_branch(page)
         assert page.locator(".message").count() == 2 * len(PAYLOADS)
         for summary in page.locator("details.thinking summary").all():
             summary.click()
@@ -84,6 +94,7 @@ class SafetyAndScaleTests(BrowserTestCase):
         page.click("#import-button")
         page.wait_for_url(re.compile(r".*/c/[0-9a-f-]{36}/$"))
         assert page.url != f"{self.live_server_url}/c/{stored.id}/"
+        show_whole_branch(page)
         assert page.locator(".message").count() == 2 * len(PAYLOADS)
         self.assert_inert(page)
 
@@ -108,9 +119,10 @@ class SafetyAndScaleTests(BrowserTestCase):
         Conversation.objects.filter(id=conversation.id).update(current_leaf=parent)
         page.reload()
         page.wait_for_selector("body[data-socket=open]")
+        load_ms = page.evaluate("performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd")
+        show_whole_branch(page)
         assert page.locator(".message").count() == 300
         assert page.locator(".message.assistant .code-block").count() == 150
-        load_ms = page.evaluate("performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd")
 
         # While an answer streams, record every change outside the answer being written.
         page.evaluate("""() => {

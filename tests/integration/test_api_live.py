@@ -12,7 +12,7 @@ import openai
 import pytest
 from PIL import Image
 
-from chat.accounts.models import ApiUsage
+from chat.accounts.models import ApiUsage, TokenReservation
 from chat.audit.models import AuditEvent
 from chat.conversations import actions
 from chat.conversations.models import Conversation, Message
@@ -21,6 +21,7 @@ from inference.engine import Delta
 from tests.support.api_server import ApiServerTestCase
 from tests.support.conformance import assert_conforms
 from tests.support.echo_engine import EchoEngine
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +69,8 @@ class CompletionsTest(ApiServerTestCase):
         assert not actions.conversations_for(self.user).exists()
         usage = ApiUsage.objects.get(user=self.user)
         assert (usage.requests, usage.total_tokens) == (1, completion.usage.total_tokens)
+        # The answer's hold on the daily quota was replaced by what it spent (the worker settled it).
+        assert usage.reserved_tokens == 0 and not TokenReservation.objects.exists()
         call = AuditEvent.objects.get(action="model_call", message_id=row.id)
         assert call.actor_id == self.user.id and call.completion_tokens == row.completion_tokens
 
@@ -169,6 +172,9 @@ class CompletionsTest(ApiServerTestCase):
         assert caught.value.status_code == 500
         assert caught.value.response.json()["error"]["code"] == "generation_failed"
         assert set(Message.objects.filter(role="assistant").values_list("status", flat=True)) == {"failed"}
+        # A failed answer gives its hold back too, and what it spent is counted.
+        usage = ApiUsage.objects.get(user=self.user)
+        assert usage.reserved_tokens == 0 and not TokenReservation.objects.exists() and usage.completion_tokens == 2
 
     def test_keep_alive_comments_flow_while_the_answer_is_slow(self):
         tasks._engines[self.echo_spec] = EchoEngine(chunk=8, pause=0.8)  # silences longer than 0.3 s
@@ -206,6 +212,10 @@ class CompletionsTest(ApiServerTestCase):
             row.refresh_from_db()
         assert row.status == "cancelled"
         assert 0 < len(row.content) < 90, "the generation ran on after the client left"
+        # The client left: the worker still settles the hold with what the cancelled answer spent.
+        wait_for(lambda: not TokenReservation.objects.exists(), "the cancelled answer's hold to be settled")
+        usage = ApiUsage.objects.get(user=self.user)
+        assert (usage.reserved_tokens, usage.completion_tokens) == (0, row.completion_tokens)
 
     def test_deepseeks_own_requests_sample_works_unchanged(self):
         # From DeepSeek's API reference ("Create Chat Completion", Python `requests`), with our URL and key,

@@ -18,7 +18,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.test import AsyncClient, Client
+from django.test import AsyncClient, Client, override_settings
 
 from chat.audit.models import AuditEvent
 from chat.conversations.models import Conversation, Message
@@ -142,7 +142,8 @@ def test_log_format_json_makes_the_site_log_json_and_a_bad_value_fails_loudly():
 
 # ---- HTTP --------------------------------------------------------------------------------------
 @pytest.mark.django_db
-def test_it_echoes_a_given_x_request_id_and_makes_one_when_absent():
+def test_it_echoes_a_given_x_request_id_and_makes_one_when_absent(settings):
+    settings.AUDIT_TRUSTED_PROXY_COUNT = 1  # a proxy's id (a client's is replaced: tests/app/test_log_context.py)
     client = Client()
     assert client.get("/healthz", HTTP_X_REQUEST_ID="lb-7f3a:42").headers["X-Request-ID"] == "lb-7f3a:42"
     assert NEW_ID.fullmatch(client.get("/healthz").headers["X-Request-ID"])
@@ -156,13 +157,15 @@ def test_it_replaces_an_id_it_would_not_log_as_is(given):
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_the_async_stack_echoes_it_too():
+async def test_the_async_stack_echoes_it_too(settings):
+    settings.AUDIT_TRUSTED_PROXY_COUNT = 1
     response = await AsyncClient().get("/healthz", headers={"X-Request-ID": "async-1"})
     assert response.headers["X-Request-ID"] == "async-1"
 
 
 @pytest.mark.django_db
-def test_a_requests_log_lines_and_audit_event_carry_its_id(alice):
+def test_a_requests_log_lines_and_audit_event_carry_its_id(alice, settings):
+    settings.AUDIT_TRUSTED_PROXY_COUNT = 1
     client = Client()
     client.force_login(alice)
     with collected("django.request") as logs:
@@ -222,7 +225,8 @@ async def test_one_socket_send_logs_one_request_id_in_the_consumer_the_task_and_
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_handshakes_x_request_id_names_the_connection(alice):
+async def test_a_handshakes_x_request_id_names_the_connection(alice, settings):
+    settings.AUDIT_TRUSTED_PROXY_COUNT = 1
     conversation = await database_sync_to_async(Conversation.objects.create)(user=alice, model="deepseek-chat")
     cookie = await sync_to_async(_session_cookie)(alice)
     socket = WebsocketCommunicator(application, f"/ws/chat/{conversation.id}/", headers=[
@@ -237,6 +241,7 @@ async def test_a_handshakes_x_request_id_names_the_connection(alice):
 
 
 # ---- API → task → engine -------------------------------------------------------------------------
+@override_settings(AUDIT_TRUSTED_PROXY_COUNT=1)
 class ApiRequestIdTest(ApiServerTestCase):
     def test_an_api_requests_x_request_id_reaches_the_workers_log_lines_and_the_audit(self):
         with collected("chat", "inference") as logs:

@@ -350,6 +350,27 @@ def test_compose_mounts_the_nginx_config_and_publishes_only_nginx(rendered):
     assert published == {"nginx"}
 
 
+def test_only_nginx_and_web_reach_outside_workers_and_data_sit_on_an_internal_network(rendered):
+    """The guide's "VPC + private subnet": weights and user data never reach the internet. Workers, Redis,
+    PostgreSQL (and the one-shot jobs) are on an `internal` network only; web bridges it and nginx's."""
+    networks, services = rendered["networks"], rendered["services"]
+
+    def joined(name: str) -> set[str]:
+        return set(services[name].get("networks") or {"default"})
+
+    internal = {name for name, network in networks.items() if network and network.get("internal")}
+    assert len(internal) == 1
+    (private,) = internal
+    for name in ("worker-1", "worker-2", "redis", "postgres", "migrate", "beat"):
+        assert joined(name) == {private}, name
+    assert private in joined("web") and len(joined("web")) == 2
+    (front,) = joined("web") - {private}
+    assert joined("nginx") == {front} and not networks[front].get("internal")
+    # A worker for an `openai-compatible` upstream joins this one (the comment in compose.yml says how).
+    assert "egress" in networks and not networks["egress"].get("internal")
+    assert not any("egress" in joined(name) for name in services)
+
+
 def test_redis_keeps_queued_answers_across_a_restart(rendered):
     """Append-only file on a volume, and no eviction: a restarted or full broker loses no queued task
     (chat/conversations/lifecycle.py queues again any that are lost all the same)."""

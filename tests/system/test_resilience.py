@@ -22,8 +22,10 @@ def test_the_quick_resilience_suite_passes_and_reports_every_scenario(tmp_path):
     report = json.loads(report_path.read_text())
     names = [s["name"] for s in report["scenarios"]]
     assert names == ["load", "worker killed", "Redis restarted", "daphne restarted",
-                     "slow and abandoned clients"]
+                     "slow and abandoned clients", "abusive user"]
     assert report["passed"], out.getvalue()[out.getvalue().find("scenario "):][:4000]
     load = report["scenarios"][0]["measured"]
     assert load["answers"] == load["expected_answers"] and load["tokens_per_s"] > 0
+    abused = report["scenarios"][5]["measured"]
+    assert abused["ratio_p50"] <= abused["limit"] and abused["answers_abused"] == abused["answers_quiet"]
     assert "scenario" in out.getvalue() and "pass" in out.getvalue()  # the table

@@ -21,6 +21,7 @@ from chat.conversations import liveness
 from chat.conversations.models import Conversation, Message
 from chat.core.redis_server import shared_client
 from chat.core.worker_routing import live_workers, private_queue, queue_for
+from chat.devtools.resilience.abuser import AbuserProcess, MemoryGuard, Sizes, Target, mb, tree_cpu, tree_rss
 from chat.devtools.resilience.clients import Answer, SocketChat, api_stream
 from chat.devtools.resilience.stack import LoopbackStack
 
@@ -446,7 +447,155 @@ async def slow_and_abandoned(stack: LoopbackStack, mode: Mode, people: People) -
     return outcome
 
 
-SCENARIOS = [load, worker_killed, redis_restarted, web_restarted, slow_and_abandoned]
+# ---- 9. one abusive user while others chat -----------------------------------------------------------
+ABUSE_USERS = 10
+ABUSE_LIMIT = 1.5  # the others' time per token under abuse, at most this many times the quiet run's
+ABUSE_MEMORY_LIMIT = 4 * 2**30  # a web or worker process past this is killed, and the scenario fails
+ABUSE_FIRST_ROUND_SECONDS = 90
+ABUSE_WIND_DOWN_SECONDS = 30
+QUICK_ABUSE = Sizes(vision_images=24, import_answers=4, api_images=8, upload_loops=1, sockets=100)
+FULL_ABUSE = Sizes()
+
+
+async def _users_chat(stack: LoopbackStack, users: list[tuple[Any, str]], answers: int, tokens: int,
+                      problems: list[str], phase: str) -> list[list[Answer]]:
+    """Every user at once, each on a new conversation, asks `answers` questions one after another; each
+    answer is checked (complete, seq without gaps or repeats, streamed text = saved text)."""
+    tabs = []
+    for user, cookie in users:
+        chat = await sync_to_async(conversation)(user, stack.model["name"], tokens)
+        tabs.append(SocketChat(stack.web_ports, cookie, chat.id))
+
+    async def session(tab: SocketChat) -> list[Answer]:
+        try:
+            return [await tab.ask(f"{PROMPT} ({n})") for n in range(answers)]
+        finally:
+            await tab.close()
+
+    try:
+        results = await _gather_bounded([session(tab) for tab in tabs], LOAD_TIMEOUT_SECONDS)
+    except TimeoutError:
+        problems.append(f"{phase}: users still waiting after {LOAD_TIMEOUT_SECONDS} s")
+        return []
+    done = []
+    for index, result in enumerate(results):
+        if isinstance(result, BaseException):
+            problems.append(f"{phase}: user {index}'s client crashed: {result!r}"[:300])
+            continue
+        for number, answer in enumerate(result):
+            check_answer(answer, f"{phase}: user {index} answer {number}", problems)
+        done.append(result)
+    if sum(map(len, done)) != len(users) * answers:
+        problems.append(f"{phase}: {sum(map(len, done))} of {len(users) * answers} answers came back")
+    return done
+
+
+def _per_user_time_per_token(sessions: list[list[Answer]]) -> list[float]:
+    """Each user's time from send to `done` over all their answers, per token (the suite's time per token)."""
+    values = []
+    for answers in sessions:
+        tokens = sum(a.tokens for a in answers if a.done_at is not None)
+        if tokens:
+            values.append(sum(a.done_at - a.sent_at for a in answers if a.done_at is not None) / tokens)
+    return values
+
+
+async def abusive_user(stack: LoopbackStack, mode: Mode, people: People) -> Outcome:
+    sizes = QUICK_ABUSE if mode is QUICK else FULL_ABUSE
+    # The stack's vision model, served by the same workers as the chat model (the command sets it up).
+    vision = next((m["name"] for m in stack.more_models if m.get("vision")), "no vision model in the stack")
+    answers = 2 if mode is QUICK else mode.messages_per_user
+    outcome = Outcome(
+        "abusive user",
+        f"{ABUSE_USERS} users × {answers} answers of {mode.answer_tokens} tokens, quiet, then again while one user "
+        f"at once sends /v1 histories of {sizes.vision_images} 6000² 1-bit PNGs to {vision} (1), imports "
+        f"{sizes.import_answers} answers of 200,000 characters of code, views the page and floods resume (2), "
+        f"uploads 40 MP PNGs ×{sizes.upload_loops} and sends /v1 requests of {sizes.api_images} of them (3), "
+        f"posts a {mb(sizes.body_bytes)} MB body of empty objects (4) and opens {sizes.sockets} sockets (8)",
+        f"the users' median and p90 time per token within {ABUSE_LIMIT}× the quiet run's; every answer complete, "
+        f"nothing lost or repeated; every web and worker process alive and under {mb(ABUSE_MEMORY_LIMIT)} MB; "
+        "the abuser gets refusals (4xx, close codes: reported), never a 5xx")
+    model = stack.model["name"]
+    users = [await sync_to_async(people.new)() for _ in range(ABUSE_USERS)]
+    # Not measured: every worker's engine past its first answer (a run of this scenario alone starts cold).
+    warm = [await sync_to_async(conversation)(users[0][0], model, 8, f"{name}@resilience", stack.queue)
+            for name in stack.workers]
+    warm_tabs = [SocketChat(stack.web_ports, users[0][1], chat.id) for chat in warm]
+    await _gather_bounded([tab.ask(PROMPT) for tab in warm_tabs], LOAD_TIMEOUT_SECONDS)
+    for tab in warm_tabs:
+        await tab.close()
+    site = {**{f"web :{port}": p.pid for port, p in stack.webs.items()},
+            **{f"worker {name}": p.pid for name, p in stack.workers.items()}}
+
+    def site_cpu() -> dict[str, float]:
+        return {name: tree_cpu(pid) for name, pid in site.items()}
+
+    def cpu_since(then: dict[str, float]) -> dict[str, float]:
+        return {name: round(used - then[name], 1) for name, used in site_cpu().items()}
+
+    cpu_at = site_cpu()
+    quiet = await _users_chat(stack, users, answers, mode.answer_tokens, outcome.problems, "quiet")
+    site_cpu_quiet = cpu_since(cpu_at)
+
+    abuser, cookie = await sync_to_async(people.new)()
+    key = (await sync_to_async(api_keys.do_create_key)(abuser, "abuser"))[1]
+    own_chat = await sync_to_async(conversation)(abuser, model, mode.answer_tokens)
+    attacks = AbuserProcess(Target(stack.web_ports, cookie, key, str(own_chat.id), vision, model), sizes)
+    rss_before = {name: mb(tree_rss(pid)) for name, pid in site.items()}
+    started, cpu_at = time.monotonic(), site_cpu()
+    with MemoryGuard(site, ABUSE_MEMORY_LIMIT, on_kill=attacks.stop.set) as guard:
+        try:
+            attacks.start()
+            unanswered = await asyncio.to_thread(attacks.unanswered, ABUSE_FIRST_ROUND_SECONDS)
+            users_at = site_cpu()
+            under_abuse = [] if attacks.stop.is_set() else await _users_chat(
+                stack, users, answers, mode.answer_tokens, outcome.problems, "under abuse")
+            site_cpu_abused = cpu_since(users_at)
+        finally:
+            report = await asyncio.to_thread(attacks.halt, ABUSE_WIND_DOWN_SECONDS)
+    abused_s = round(time.monotonic() - started, 1)
+    rss_after = {name: mb(tree_rss(pid)) for name, pid in site.items()}
+    if report is None:
+        outcome.problems.append(f"the abuser did not stop within {ABUSE_WIND_DOWN_SECONDS} s")
+        report = {"sent": {}, "got": {}, "server_errors": {}, "imports_kept": 0, "sockets_kept": 0, "crashes": [],
+                  "cpu_s": None}
+    outcome.problems += [f"an attack crashed (the suite's fault): {crash}" for crash in report["crashes"]]
+    gone = stack.gone()
+    for name, rss in guard.killed.items():
+        outcome.problems.append(f"{name} passed {mb(ABUSE_MEMORY_LIMIT)} MB ({mb(rss)} MB): killed by the guard")
+    if gone:
+        outcome.problems.append(f"not alive after the abuse: {', '.join(gone)}")
+        await sync_to_async(stack.revive)()  # the scenarios after this one need the whole stack
+    for attack_code, count in report["server_errors"].items():
+        outcome.problems.append(f"the abuser got a server error: {attack_code} ×{count}")
+    if unanswered:
+        outcome.problems.append(f"attacks not answered once in {ABUSE_FIRST_ROUND_SECONDS} s: {unanswered}")
+
+    before, after = _per_user_time_per_token(quiet), _per_user_time_per_token(under_abuse)
+    figures: dict[str, Any] = {}
+    for name, q in (("p50", 0.5), ("p90", 0.9)):
+        quiet_value, abused_value = percentile(before, q), percentile(after, q)
+        ratio = round(abused_value / quiet_value, 2) if quiet_value and abused_value else None
+        figures.update({f"ms_per_token_quiet_{name}": ms(quiet_value), f"ms_per_token_abused_{name}": ms(abused_value),
+                        f"ratio_{name}": ratio})
+        if ratio is None or ratio > ABUSE_LIMIT:
+            outcome.problems.append(f"under abuse the users' {name} time per token was {ratio}× the quiet run's")
+    outcome.measured = {
+        **figures, "limit": ABUSE_LIMIT, "users": ABUSE_USERS, "answers_each": answers,
+        "answers_quiet": sum(map(len, quiet)), "answers_abused": sum(map(len, under_abuse)),
+        "abuse_s": abused_s, "cpu_s_quiet_run": site_cpu_quiet, "cpu_s_same_answers_under_abuse": site_cpu_abused,
+        "abuser_client_cpu_s": report["cpu_s"],
+        "worker_rss_mb_before": {k: v for k, v in rss_before.items() if k.startswith("worker")},
+        "worker_rss_mb_after": {k: v for k, v in rss_after.items() if k.startswith("worker")},
+        "rss_mb_peak": {name: mb(peak) for name, peak in guard.peaks.items()},
+        "abuser_sent": report["sent"], "abuser_got": report["got"], "sockets_kept": report["sockets_kept"],
+        "imports_kept": report["imports_kept"],
+    }
+    outcome.passed = not outcome.problems
+    return outcome
+
+
+SCENARIOS = [load, worker_killed, redis_restarted, web_restarted, slow_and_abandoned, abusive_user]
 NOT_QUICK: set[Callable] = set()  # every scenario runs in the quick (CI) mode too, on a smaller scale
 
 

@@ -48,8 +48,10 @@ class LoopbackStack:
     """Starts and stops the parts; every address is 127.0.0.1 and every wait is bounded."""
 
     def __init__(self, model: dict[str, Any], webs: int = 1, workers: int = 1, worker_threads: int | None = None,
-                 env: dict[str, str] | None = None, ping: tuple[int, int] = (20, 30)) -> None:
-        self.model = model
+                 env: dict[str, str] | None = None, ping: tuple[int, int] = (20, 30),
+                 more_models: list[dict[str, Any]] | None = None) -> None:
+        self.model = model  # the one the scenarios chat with; every worker serves `more_models` too
+        self.more_models = more_models or []
         self.queue = QUEUE_PREFIX + model["name"]
         self.redis = PrivateRedis(free_port())
         self.web_ports = [free_port() for _ in range(webs)]
@@ -67,7 +69,8 @@ class LoopbackStack:
     def env(self) -> dict[str, str]:
         return {**os.environ, "DJANGO_SETTINGS_MODULE": "deepseek_web.settings", "DATABASE_URL": database_url(),
                 "REDIS_URL": self.redis.url, "DATA_DIR": str(settings.DATA_DIR),
-                "DEEPSEEK_MODELS": json.dumps([self.model]), "LOG_LEVEL": "WARNING", **self.extra_env}
+                "DEEPSEEK_MODELS": json.dumps([self.model, *self.more_models]), "LOG_LEVEL": "WARNING",
+                **self.extra_env}
 
     def _log(self, name: str):
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -86,7 +89,8 @@ class LoopbackStack:
 
     def start_web(self, port: int) -> None:
         self.webs[port] = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "--ping-interval",
+            # The run command's server (deepseek_web/daphne_server.py: daphne with the body cap).
+            [sys.executable, "-m", "deepseek_web.daphne_server", "-b", "127.0.0.1", "-p", str(port), "--ping-interval",
              str(self.ping_interval), "--ping-timeout", str(self.ping_timeout), "deepseek_web.asgi:application"],
             env=self.env, cwd=settings.BASE_DIR, stdout=self._log(f"web-{port}"), stderr=subprocess.STDOUT,
             start_new_session=True)
@@ -97,7 +101,8 @@ class LoopbackStack:
             # The pool's size: the settings' (sized by the engine's capacity) unless the stack was given one.
             [sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-P", "threads",
              *(["-c", str(self.worker_threads)] if self.worker_threads else []),
-             "-Q", self.queue, "-n", f"{name}@resilience", "--loglevel", "WARNING",
+             "-Q", ",".join([self.queue, *(QUEUE_PREFIX + m["name"] for m in self.more_models)]),
+             "-n", f"{name}@resilience", "--loglevel", "WARNING",
              "--without-mingle", "--without-gossip"],
             env=self.env, cwd=settings.BASE_DIR, stdout=self._log(f"worker-{name}"), stderr=subprocess.STDOUT,
             start_new_session=True)
@@ -141,6 +146,21 @@ class LoopbackStack:
         self.redis.stop()
         time.sleep(down_seconds)
         self.redis = PrivateRedis(port).start()
+
+    def gone(self) -> list[str]:
+        """The web and worker processes that have exited (killed, crashed)."""
+        return ([f"web :{port}" for port, p in self.webs.items() if p.poll() is not None]
+                + [f"worker {name}" for name, p in self.workers.items() if p.poll() is not None])
+
+    def revive(self) -> None:
+        """Start again every web and worker process that has exited, as a supervisor would."""
+        for port in [port for port, p in self.webs.items() if p.poll() is not None]:
+            del self.webs[port]
+            self.start_web(port)
+        for name in [name for name, p in self.workers.items() if p.poll() is not None]:
+            del self.workers[name]
+            self.start_worker(name)
+            self.wait_worker(name)
 
     def stop(self) -> None:
         processes = list(self.webs.values()) + list(self.workers.values())

@@ -47,9 +47,15 @@ class Command(BaseCommand):
         # Greedy: answers never end early on a sampled end-of-sentence, so every run is the same size.
         model = {"name": "deepseek-chat", "path": str(settings.DEMO_MODELS_DIR / "demo-chat"), "demo": True,
                  "temperature": 0, "max_context": 2048, "max_new_tokens": MODEL_MAX_NEW_TOKENS}
-        stack = LoopbackStack(model, webs=2, workers=2, env={
+        # The vision model too, in the same workers (as `make run` serves both): the abusive user's images
+        # reach the very processes writing everyone's answers.
+        vision = {"name": "deepseek-vl", "path": str(settings.DEMO_MODELS_DIR / "demo-vision"), "demo": True,
+                  "vision": True, "temperature": 0, "max_context": 2048, "max_new_tokens": 96}
+        stack = LoopbackStack(model, webs=2, workers=2, more_models=[vision], env={
             "ABANDONED_AFTER_SECONDS": "3",  # the slow/abandoned scenario's timeout
-            "API_CONCURRENT_REQUESTS": "0", "API_REQUESTS_PER_MINUTE": "0", "API_TOKENS_PER_DAY": "0",
+            # The load scenario's API streams share one key, all at once; otherwise the defaults' per-user API
+            # limits hold (requests per minute included: the abusive user meets them as on a deployed site).
+            "API_CONCURRENT_REQUESTS": str(FULL.api_streams), "API_TOKENS_PER_DAY": "0",
             "SOCKET_FRAME_BURST": "1000", "SIGNUPS_PER_IP_PER_HOUR": "0",
         }, ping=(2, 4))
         scenarios = [s for s in SCENARIOS if (not only or s.__name__ in only) and not (quick and s in NOT_QUICK)]

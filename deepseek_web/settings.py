@@ -278,6 +278,9 @@ ATTACHMENT_BYTES_PER_USER = env_int("ATTACHMENT_BYTES_PER_USER", 1024 * 1024 * 1
 # (chat/conversations/image_work.py; one 40-megapixel image takes ~0.5 GB while it is processed).
 UPLOADS_PER_MINUTE = env_int("UPLOADS_PER_MINUTE", 30, minimum=0)
 IMAGE_PROCESSING_PER_USER = env_int("IMAGE_PROCESSING_PER_USER", 2, minimum=0)
+# Pixels (as headers declare them, charged before decoding) one user's uploads and /v1 images may have a minute
+# together: what bounds the CPU a user spends on image work (~1.7 s per 40 MP here); 0 = no limit.
+IMAGE_PIXELS_PER_MINUTE = env_int("IMAGE_PIXELS_PER_MINUTE", 200_000_000, minimum=0)
 # What one answer may look at (chat/conversations/image_budget.py): /v1 refuses more, the chat keeps the newest.
 IMAGES_PER_REQUEST = env_int("IMAGES_PER_REQUEST", 8, minimum=1)
 # Declared width × height of those images together: eight 12-megapixel phone photos fit.

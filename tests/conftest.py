@@ -58,6 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # The suite uploads far more images per user and minute than a person would (and user ids repeat across
     # tests); tests/app/test_web_image_work.py turns it on.
     settings.UPLOADS_PER_MINUTE = 0
+    settings.IMAGE_PIXELS_PER_MINUTE = 0
     # The suite makes far more anonymous requests from 127.0.0.1 than a client would; tests that count
     # their audit rows would depend on the minute. tests/app/test_audit_flood.py turns it on.
     settings.AUDIT_ANONYMOUS_EVENTS_PER_MINUTE = 0

@@ -55,6 +55,7 @@ class CompletionRequest:
     seed: int | None = None
     user: str = ""
     image_headers_read: bool = False  # read_image_headers has run (and the budget held)
+    declared_pixels: int = 0  # the pixels its images' headers declare, together (the per-minute budget charges them)
 
     def has_images(self) -> bool:
         return any(m.image_count for m in self.messages)
@@ -271,6 +272,7 @@ def read_image_headers(request: CompletionRequest) -> None:
         image_budget.check_image_budget(sizes + [(0, 0)] * unread)
     except ChatError as exc:
         raise ApiError.from_chat_error(exc, "messages") from None
+    request.declared_pixels = sum(width * height for width, height in sizes)
     request.image_headers_read = True
 
 

@@ -100,9 +100,11 @@ def _read_request(request: HttpRequest) -> CompletionRequest:
 
 def _check_images_and_prompt(user: Any, completion_request: CompletionRequest, conversation_id: Any,
                              request: HttpRequest) -> None:
-    """check_completion, its image decoding inside one of the user's image-processing places (429 when all
-    are taken: chat/conversations/image_work.py)."""
+    """check_completion, its image decoding inside one of the user's image-processing places and within the
+    user's pixels a minute (429 past either: chat/conversations/image_work.py)."""
     try:
+        if completion_request.has_images():
+            image_work.charge_pixels(user.id, completion_request.declared_pixels)  # before any decoding
         with image_work.processing(user.id) if completion_request.has_images() else nullcontext():
             check_completion(user, completion_request, conversation_id, request)
     except image_work.ImageWorkLimited as exc:

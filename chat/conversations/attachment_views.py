@@ -77,7 +77,11 @@ def _upload(request: HttpRequest, refused: Exception | None) -> JsonResponse:
         if sent is None:
             raise ChatError("no_file", _("Choose an image to attach."))
         uploads.check_size(sent.size)  # before reading it into memory
-        attachment = uploads.do_upload(request.user, sent.read())
+        raw = sent.read()
+        image_work.charge_pixels(request.user.pk, uploads.declared_pixels(raw))  # before any decoding
+        attachment = uploads.do_upload(request.user, raw)
+    except image_work.ImageWorkLimited as exc:
+        return _limited(request, exc)
     except ChatError as exc:
         detail = {"code": exc.code, "size": sent.size if sent is not None else 0}
         if refused is not None:

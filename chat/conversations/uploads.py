@@ -22,7 +22,7 @@ from django.utils.translation import gettext as _
 
 from chat.conversations.models import Attachment
 from chat.core.errors import ChatError
-from chat.images.validation import ImageLimits, ImageRejected, ValidatedImage, validate_image
+from chat.images.validation import ImageLimits, ImageRejected, ValidatedImage, declared_size, validate_image
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,15 @@ def check_size(size: int) -> None:
 def do_upload(user: AbstractBaseUser, raw: bytes) -> Attachment:
     """Validate an uploaded image, store it and its thumbnail, and record it as the user's."""
     return store_validated(user, validate_upload(raw))
+
+
+def declared_pixels(raw: bytes) -> int:
+    """The pixels an image's header declares (nothing decoded), or 0 for one validation will refuse anyway."""
+    try:
+        width, height = declared_size(raw, limits())
+    except ImageRejected:
+        return 0
+    return width * height
 
 
 def validate_upload(raw: bytes) -> ValidatedImage:

@@ -182,6 +182,18 @@ async def test_a_user_decoding_as_many_images_as_allowed_gets_429_and_the_place_
     assert await sync_to_async(image_work.in_progress)(alice.id) == 0, "the place was not given back"
 
 
+async def test_images_past_the_users_pixels_this_minute_get_429_before_decoding(
+        api, alice, bob, settings, decodes, vision_worker_alive):
+    settings.IMAGE_PIXELS_PER_MINUTE = 3_000_000
+    await sync_to_async(image_work.charge_pixels)(alice.id, 2_500_000)  # an upload this minute, say
+    response = await refused(api, with_images(png(1000, 1000), 1), 429, "image_pixels_limited")
+    assert 1 <= int(response.headers["retry-after"]) <= 61
+    assert decodes == []
+    # The refused charge was taken back (what is left still fits a small image), and bob has his own budget.
+    await sync_to_async(image_work.charge_pixels)(alice.id, 400_000)
+    await sync_to_async(image_work.charge_pixels)(bob.id, 3_000_000)
+
+
 # ---- uploads ------------------------------------------------------------------------------------------------
 def upload(client, raw: bytes):
     return client.post("/attachments/", {"file": SimpleUploadedFile("photo.png", raw, "image/png")})
@@ -206,6 +218,26 @@ def test_an_upload_flood_gets_429_with_retry_after_and_stores_nothing(client, al
     assert len(decodes) == 3  # the refused ones were not even parsed
     client.force_login(bob)  # per user: bob still uploads
     assert upload(client, png()).status_code == 201
+
+
+def test_uploads_past_the_users_pixels_this_minute_get_429_unread_and_store_nothing(
+        client, alice, bob, settings, media, decodes):
+    """40 MP of one colour is ~150 KB on the wire and ~1.7 s of CPU: the count of uploads alone lets a user
+    spend a core; the pixels their headers declare are charged before any is decoded."""
+    settings.IMAGE_PIXELS_PER_MINUTE = 3_000_000
+    client.force_login(alice)
+    for _ in range(3):
+        assert upload(client, png(1000, 1000)).status_code == 201
+    before, files = Attachment.objects.count(), stored_files(media)
+    response = upload(client, png(1000, 1000))
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "image_pixels_limited"
+    assert "3,000,000" in response.json()["error"]["message"]
+    assert 1 <= int(response["Retry-After"]) <= 61
+    assert Attachment.objects.count() == before and stored_files(media) == files
+    assert len(decodes) == 3  # the refused one was never decoded
+    client.force_login(bob)
+    assert upload(client, png(1000, 1000)).status_code == 201
 
 
 def test_an_upload_while_the_users_images_are_being_processed_gets_429(client, alice, settings, media, decodes):

@@ -578,7 +578,9 @@ async def abusive_user(stack: LoopbackStack, mode: Mode, people: People) -> Outc
         ratio = round(abused_value / quiet_value, 2) if quiet_value and abused_value else None
         figures.update({f"ms_per_token_quiet_{name}": ms(quiet_value), f"ms_per_token_abused_{name}": ms(abused_value),
                         f"ratio_{name}": ratio})
-        if ratio is None or ratio > ABUSE_LIMIT:
+        # Judged on the full run only: the quick one (CI's) is a few answers on shared cores, where the ratio
+        # follows the machine's other load; it checks the rest (nothing lost, refusals, memory) and prints it.
+        if mode is not QUICK and (ratio is None or ratio > ABUSE_LIMIT):
             outcome.problems.append(f"under abuse the users' {name} time per token was {ratio}× the quiet run's")
     outcome.measured = {
         **figures, "limit": ABUSE_LIMIT, "users": ABUSE_USERS, "answers_each": answers,

@@ -219,9 +219,15 @@ def _model_of(conversation: Conversation) -> ModelSpec:
                         % {"model": conversation.model}) from None
 
 
+def tree_nodes(conversation: Conversation) -> list[Message]:
+    """The conversation's messages with only what the tree needs (id, parent, position), in one query: not
+    conversation.messages, whose rows would each look up their deferred conversation_id."""
+    return list(Message.objects.filter(conversation=conversation).only("id", "parent_id", "position"))
+
+
 def _branch_leaf(conversation: Conversation) -> Message | None:
     """The last message of the branch on show (the one a new question follows)."""
-    nodes = list(conversation.messages.only("id", "parent_id", "position"))
+    nodes = tree_nodes(conversation)
     leaf_id = conversation.current_leaf_id or threads.default_leaf(nodes)
     return conversation.messages.filter(id=leaf_id).first() if leaf_id else None
 
@@ -347,7 +353,7 @@ def do_select_version(user: AbstractBaseUser, conversation_id: Any, message_id: 
     chosen = get_message(user, message_id)
     if chosen.conversation_id != conversation.id:
         raise ChatError("not_found", _("No such message."), message_id=chosen.id)
-    nodes = list(conversation.messages.only("id", "parent_id", "position"))
+    nodes = tree_nodes(conversation)
     leaf = conversation.messages.get(id=threads.newest_leaf_under(chosen.id, nodes))
     Conversation.objects.filter(id=conversation.id).update(current_leaf=leaf)
     return leaf

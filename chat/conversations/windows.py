@@ -19,7 +19,8 @@ STUB_FIELDS = ("id", "parent_id", "position", "role", "status")
 
 def tree(conversation: Conversation) -> list[Message]:
     """Every message of the conversation, without its text."""
-    return list(conversation.messages.only(*STUB_FIELDS))
+    # Not conversation.messages: its rows each look up their deferred conversation_id (a query per message).
+    return list(Message.objects.filter(conversation=conversation).only(*STUB_FIELDS))
 
 
 def stub(message: Message) -> dict[str, Any]:

@@ -300,7 +300,9 @@ def stack_bench(model_entry: dict[str, Any], runs: int, levels: list[int],
            "DATABASE_URL": database_url(), "REDIS_URL": redis.url if redis else settings.REDIS_URL,
            # The benchmark measures the path, not the per-user limits.
            "API_CONCURRENT_REQUESTS": "0", "API_REQUESTS_PER_MINUTE": "0", "API_TOKENS_PER_DAY": "0",
-           "CHAT_ACTIVE_ANSWERS_PER_USER": "0", "CHAT_MESSAGES_PER_MINUTE": "0"}
+           "CHAT_ACTIVE_ANSWERS_PER_USER": "0", "CHAT_MESSAGES_PER_MINUTE": "0", "CHAT_TOKENS_PER_DAY": "0",
+           # One user holds every socket of a level (48, 128): past SOCKETS_PER_USER they would be closed.
+           "SOCKETS_PER_USER": "0"}
     worker = [sys.executable, "-m", "celery", "-A", "deepseek_web", "worker", "-P", "threads",
               "-Q", model_entry["queue"], "--loglevel", "WARNING", "-n", f"bench-{port}@%h"]
     if worker_concurrency:
